@@ -1,0 +1,5 @@
+import sys
+
+from plexbench.cli import main
+
+sys.exit(main())
