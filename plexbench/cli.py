@@ -9,8 +9,10 @@ JAX/TensorFlow inside their handlers, so `plexbench --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import importlib
+import re
 import sys
 
 from plexbench import __version__
@@ -33,6 +35,12 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and still exit code 2)."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'?([\w.-]+)'?", m.group(2))
+            close = difflib.get_close_matches(m.group(1), choices, n=3, cutoff=0.5)
+            if close:
+                message += f"; did you mean {', '.join(close)}?"
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
