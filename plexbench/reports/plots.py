@@ -1,0 +1,375 @@
+"""Drawing: paper-style figures from the data of `plot_data` (nothing here reads results).
+
+Every `draw_*` function returns a `matplotlib.figure.Figure` built without pyplot (no global
+figure state, no GUI backend); `save_figure` writes it as vector PDF (TrueType fonts) and
+PNG (rendered by the Agg canvas), both atomically. Style: serif fonts, 8-9 pt text, small
+single-column sizes. Every figure labels its axes (with units or "fraction") and names its
+models (legend or panel titles) and datasets (title).
+
+`plot_results(dirs, out_dir)` draws everything a run has; `plot_paper_figures(out_dir)`
+draws the paper's radar and subpopulation figures from the published numbers alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import re
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from plexbench import fileio
+from plexbench.reports import plot_data
+from plexbench.reports.results import Results, load_results
+
+STYLE = {
+    "font.family": "serif",
+    "font.serif": ["DejaVu Serif", "Times New Roman", "Times"],
+    "mathtext.fontset": "dejavuserif",
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "lines.linewidth": 1.2,
+    "pdf.fonttype": 42,  # TrueType: text stays text in the PDF
+    "svg.fonttype": "none",
+}
+PNG_DPI = 150
+_PANELS_PER_ROW = 4  # per-model small multiples wrap onto more rows beyond this
+
+
+@contextlib.contextmanager
+def paper_style() -> Iterator[None]:
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig, stem: str | Path) -> list[Path]:
+    """Write `stem.pdf` and `stem.png` atomically; returns both paths."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_pdf import FigureCanvasPdf
+
+    stem = Path(stem)
+    paths = []
+    with paper_style():
+        for ext, canvas_cls, kw in (("pdf", FigureCanvasPdf, {}), ("png", FigureCanvasAgg, {"dpi": PNG_DPI})):
+            buf = io.BytesIO()
+            canvas_cls(fig).print_figure(buf, format=ext, **kw)
+            path = stem.with_suffix(f".{ext}")
+            fileio.write_bytes(path, buf.getvalue())
+            paths.append(path)
+    return paths
+
+
+def _panels(n: int, width: float, height: float, **kw):
+    """A figure with n panels, at most `_PANELS_PER_ROW` per row; returns (fig, flat axes[:n])."""
+    cols, rows = min(n, _PANELS_PER_ROW), math.ceil(n / _PANELS_PER_ROW)
+    fig = _figure(width * cols + 0.4, height * rows)
+    axes = fig.subplots(rows, cols, squeeze=False, **kw).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _slug(*parts: str) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9._+-]+", "-", p).strip("-") for p in parts if p)
+
+
+def _models_text(models: Sequence[str]) -> str:
+    return ", ".join(dict.fromkeys(models))
+
+
+# --------------------------------------------------------------------------- radar
+
+
+def draw_radar(data: plot_data.RadarData, *, width: float = 4.2):
+    """Radar chart: one polygon per model; NaN values leave gaps (the line breaks there)."""
+    with paper_style():
+        fig = _figure(width, width * 0.9)
+        ax = fig.add_subplot(projection="polar")
+        n = len(data.labels)
+        angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        closed = np.r_[angles, angles[:1]]
+        for model, vals in zip(data.models, data.values):
+            v = np.r_[vals, vals[:1]]
+            (line,) = ax.plot(closed, v, marker="o", markersize=3, label=model)
+            if np.isfinite(vals).all():
+                ax.fill(closed, v, alpha=0.12, color=line.get_color())
+        ax.set_xticks(angles)
+        ax.set_xticklabels([_radar_label(lbl) for lbl in data.labels], fontsize=6)
+        ax.tick_params(axis="x", pad=8)
+        finite = data.values[np.isfinite(data.values)]
+        low = min(0.0, float(finite.min())) if finite.size else 0.0
+        ax.set_ylim(low, max(1.0, float(finite.max())) if finite.size else 1.0)
+        ax.set_rlabel_position(180.0 / n)  # radial tick labels between the first two axes
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_xlabel(f"radius: {data.note}", labelpad=12, fontsize=6)
+        ax.set_title(data.title)
+        fig.legend(loc="outside lower center", ncol=min(3, len(data.models)), frameon=False)
+    return fig
+
+
+def _radar_label(label: str) -> str:
+    """`metric@dataset` on two lines (metric, then @dataset); other labels wrapped at 26 chars."""
+    metric, sep, dataset = label.rpartition("@")
+    if sep and " " not in label:
+        return f"{metric}\n@{dataset}"
+    return "\n".join(_wrap(line, 26) for line in label.split("\n"))
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
+
+
+# --------------------------------------------------------------------------- calibration and selective prediction
+
+
+def draw_reliability(diagrams: Sequence[plot_data.ReliabilityBins]):
+    """Reliability diagrams of one dataset, one panel per model: accuracy per confidence bin."""
+    diagrams = list(diagrams)
+    with paper_style():
+        fig, axes = _panels(len(diagrams), 2.0, 2.3, sharey=True)
+        for ax, d in zip(axes, diagrams):
+            width = d.bin_upper - d.bin_lower
+            ax.bar(d.bin_lower, d.accuracy, width=width, align="edge", color="C0", edgecolor="white",
+                   linewidth=0.4, label="accuracy")
+            ax.bar(d.bin_lower, d.confidence - d.accuracy, bottom=d.accuracy, width=width, align="edge",
+                   color="C3", alpha=0.35, label="gap to confidence")
+            ax.plot([0, 1], [0, 1], ls="--", color="0.3", lw=0.8, label="perfect calibration")
+            ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-label probability)")
+            ece = "" if math.isnan(d.ece) else f", ECE {d.ece:.3f}"
+            ax.set_title(f"{d.model}{ece}")
+        for ax in axes[::_PANELS_PER_ROW]:
+            ax.set_ylabel("accuracy (fraction correct)")
+        axes[0].legend(loc="upper left", frameon=False)
+        first = diagrams[0]
+        fig.suptitle(f"Reliability diagram: {first.dataset} ({first.task}, {len(first.count)} bins)")
+    return fig
+
+
+def draw_risk_coverage(curves: Sequence[plot_data.Curve]):
+    """Risk-coverage curves of one dataset, one line per model (legend: AURC when known)."""
+    with paper_style():
+        fig = _figure(3.4, 2.6)
+        ax = fig.add_subplot()
+        for c in curves:
+            extra = "" if math.isnan(c.summary) else f" (AURC {c.summary:.4f})"
+            ax.plot(c.x, c.y, label=f"{c.model}{extra}")
+        ax.set(xlim=(0, 1), xlabel="coverage (fraction of examples kept)",
+               ylabel="selective risk (error rate on kept examples)")
+        ax.set_title(f"Risk-coverage: {curves[0].dataset} ({curves[0].task})")
+        ax.legend(frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------- OOD
+
+
+def draw_ood_histograms(scores: Sequence[plot_data.OODScores], bins: int = 30):
+    """Histograms of OOD scores (in vs OOD) for one (dataset, OOD dataset, scorer), a panel per model."""
+    scores = list(scores)
+    s0 = scores[0]
+    with paper_style():
+        fig, axes = _panels(len(scores), 2.2, 2.2)
+        for ax, s in zip(axes, scores):
+            both = np.r_[s.score_in, s.score_out]
+            edges = np.histogram_bin_edges(both[np.isfinite(both)], bins=bins)
+            ax.hist(s.score_in, bins=edges, density=True, alpha=0.55, label=f"in: {s.dataset}")
+            ax.hist(s.score_out, bins=edges, density=True, alpha=0.55, label=f"OOD: {s.ood_dataset}")
+            ax.set(xlabel=f"{s.scorer} score (higher = more OOD)", title=s.model)
+        for ax in axes[::_PANELS_PER_ROW]:
+            ax.set_ylabel("density (1 / score unit)")
+        axes[0].legend(frameon=False)
+        fig.suptitle(f"OOD scores: {s0.dataset} vs {s0.ood_dataset} ({s0.scorer})")
+    return fig
+
+
+def draw_ood_roc(scores: Sequence[plot_data.OODScores]):
+    """ROC curves (OOD positive) for one (dataset, OOD dataset, scorer), one line per model."""
+    s0 = scores[0]
+    with paper_style():
+        fig = _figure(3.0, 2.8)
+        ax = fig.add_subplot()
+        for s in scores:
+            fpr, tpr, auc = plot_data.roc_curve(s.score_in, s.score_out)
+            auc = auc if math.isnan(s.auroc) else s.auroc  # the task's value uses every example
+            ax.plot(fpr, tpr, label=f"{s.model} (AUROC {auc:.3f})")
+        ax.plot([0, 1], [0, 1], ls=":", color="0.4", lw=0.8, label="chance")
+        ax.axhline(0.95, ls="--", color="0.6", lw=0.6)
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate (in-distribution flagged)",
+               ylabel="true-positive rate (OOD flagged)")
+        ax.set_title(f"OOD ROC: {s0.dataset} vs {s0.ood_dataset} ({s0.scorer})")
+        ax.legend(frameon=False, loc="lower right")
+    return fig
+
+
+# --------------------------------------------------------------------------- shift and subpopulations
+
+_SHIFT_LABELS = {"accuracy": "accuracy (fraction)", "ece": "ECE (15 bins, fraction)", "nll": "NLL (nats)",
+                 "brier": "Brier score"}
+
+
+def draw_shift(series: Sequence[plot_data.ShiftSeries]):
+    """Metrics against corruption severity for one dataset: a panel per metric, a line per model."""
+    metrics = list(dict.fromkeys(s.metric for s in series))
+    models = list(dict.fromkeys(s.model for s in series))
+    with paper_style():
+        fig = _figure(2.3 * len(metrics) + 0.4, 2.4)
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        for ax, metric in zip(axes, metrics):
+            for s in (s for s in series if s.metric == metric):
+                color = f"C{models.index(s.model) % 10}"
+                ax.plot(s.severities, s.mean, marker="o", markersize=3, color=color, label=s.model)
+                ax.fill_between(s.severities, s.low, s.high, color=color, alpha=0.15, lw=0)
+            ax.set(xlabel="corruption severity", ylabel=_SHIFT_LABELS.get(metric, metric))
+            ax.set_xticks(sorted({int(v) for s in series for v in s.severities}))
+        axes[0].legend(frameon=False)
+        n = max(len(s.corruptions) for s in series)
+        fig.suptitle(f"Covariate shift: {series[0].dataset} (mean over {n} corruptions; band: min to max)")
+    return fig
+
+
+def draw_subpopulation(groups: Sequence[plot_data.GroupAccuracies]):
+    """Box plots of per-subpopulation accuracy, one box per model (whiskers: 5th-95th percentiles)."""
+    with paper_style():
+        fig = _figure(0.8 * len(groups) + 1.6, 2.6)
+        ax = fig.add_subplot()
+        ax.boxplot([g.accuracy for g in groups], whis=(5, 95), showfliers=True, widths=0.5,
+                   tick_labels=[g.model for g in groups], flierprops={"markersize": 2})
+        ax.set(xlabel="model", ylabel="accuracy per subpopulation (fraction)")
+        ax.set_title(f"Subpopulation shift: {groups[0].dataset} ({len(groups[0].accuracy)} subpopulations)")
+    return fig
+
+
+def draw_paper_subpopulation(stats: Sequence[dict]):
+    """The paper's subpopulation box plots from published quantiles, a panel per dataset."""
+    datasets = list(dict.fromkeys(s["dataset"] for s in stats))
+    with paper_style():
+        fig = _figure(2.3 * len(datasets) + 0.4, 2.6)
+        axes = fig.subplots(1, len(datasets), squeeze=False, sharey=False)[0]
+        for ax, ds in zip(axes, datasets):
+            rows = [s for s in stats if s["dataset"] == ds]
+            ax.bxp([{**{k: s[k] for k in ("whislo", "q1", "med", "q3", "whishi")}, "label": s["model"], "fliers": []}
+                    for s in rows], showfliers=False, widths=0.5)
+            ax.set(title=ds.replace("_", " "), xlabel="model (pretraining -> fine-tuning)")
+            ax.tick_params(axis="x", labelrotation=45)
+        axes[0].set_ylabel("accuracy per subpopulation (fraction)")
+        fig.suptitle("Plex (Tran et al. 2022): published subpopulation accuracies (p05/p25/p50/p75/p95)")
+    return fig
+
+
+# --------------------------------------------------------------------------- score against cost
+
+
+def draw_score_vs_cost(data: plot_data.CostScore):
+    """Reliability score against parameters or FLOPs, Pareto front drawn as a step line."""
+    label = plot_data.COST_LABELS[data.cost_name]
+    with paper_style():
+        fig = _figure(3.4, 2.6)
+        ax = fig.add_subplot()
+        for i, m in enumerate(data.models):
+            ax.scatter(data.cost[i], data.score[i], s=18, color=f"C{i % 10}", label=m, zorder=3)
+        if len(data.front):
+            f = data.front
+            ax.step(data.cost[f], data.score[f], where="post", color="0.2", lw=0.9, ls="--",
+                    label="Pareto front", zorder=2)
+        positive = data.cost[data.cost > 0]
+        if positive.size == len(data.cost) and positive.size and positive.max() / positive.min() > 10:
+            ax.set_xscale("log")
+        ax.set(xlabel=f"{label} (count)", ylabel=f"reliability score x100 ({data.preset} preset)")
+        ax.set_title(f"Reliability vs {label}: {_models_text(data.models)}")
+        ax.legend(frameon=False, fontsize=6)
+    return fig
+
+
+# --------------------------------------------------------------------------- everything for a run
+
+
+def _grouped(items, key) -> dict:
+    out: dict = {}
+    for it in items:
+        out.setdefault(key(it), []).append(it)
+    return out
+
+
+def plot_results(dirs: Sequence[str | Path] | Results, out_dir: str | Path, *,
+                 radar_axes: Sequence[str] | None = None, preset: str = "plexbench",
+                 num_classes: Mapping[str, int] | None = None) -> tuple[list[Path], list[str]]:
+    """Draw every figure the results support into `out_dir`.
+
+    Returns (written paths, notes on figures skipped for lack of data).
+    """
+    results = dirs if isinstance(dirs, Results) else load_results(dirs)
+    out = Path(out_dir)
+    written: list[Path] = []
+    notes: list[str] = []
+
+    def emit(fig, *name):
+        written.extend(save_figure(fig, out / _slug(*name)))
+
+    _radar(results, radar_axes, preset, num_classes, emit, notes)
+    # (what, data, grouping key, [(file prefix, draw function)])
+    families = (
+        ("reliability diagrams", plot_data.reliability_diagrams(results), lambda d: (d.task, d.dataset),
+         [("reliability", draw_reliability)]),
+        ("risk-coverage curves", plot_data.risk_coverage_curves(results), lambda c: (c.task, c.dataset),
+         [("risk_coverage", draw_risk_coverage)]),
+        ("OOD scores", plot_data.ood_scores(results), lambda s: (s.dataset, "vs", s.ood_dataset, s.scorer),
+         [("ood_hist", draw_ood_histograms), ("ood_roc", draw_ood_roc)]),
+        ("shift curves", plot_data.shift_series(results), lambda s: (s.dataset,), [("shift", draw_shift)]),
+        ("subpopulation accuracies", plot_data.subpopulation_groups(results), lambda g: (g.dataset,),
+         [("subpopulation", draw_subpopulation)]),
+    )
+    for what, items, key, drawers in families:
+        if not items:
+            notes.append(f"{what}: none in the per-task JSON files")
+        for name, group in _grouped(items, key).items():
+            for prefix, draw in drawers:
+                emit(draw(group), prefix, *name)
+    for cost in plot_data.COST_LABELS:
+        data = plot_data.score_vs_cost(results, cost, preset=preset, num_classes=num_classes)
+        if data.models:
+            emit(draw_score_vs_cost(data), "score_vs", cost)
+        else:
+            notes.append(f"score vs {cost}: no model has models.<name>.{cost} in run.json and a finite score")
+    return written, notes
+
+
+def _radar(results, radar_axes, preset, num_classes, emit, notes) -> None:
+    from plexbench.errors import PlexbenchError
+
+    try:
+        data = plot_data.radar_data(results, radar_axes, preset=preset, num_classes=num_classes)
+    except PlexbenchError as e:
+        if radar_axes:  # the user asked for these axes: say what is wrong
+            raise
+        notes.append(f"radar: {e}")
+        return
+    emit(draw_radar(data), "radar")
+
+
+def plot_paper_figures(out_dir: str | Path) -> list[Path]:
+    """The paper's radar (Plex-L vs deterministic vs specialised SOTA) and subpopulation figure."""
+    out = Path(out_dir)
+    paths = save_figure(draw_radar(plot_data.paper_radar_data(), width=5.0), out / "paper_radar")
+    paths += save_figure(draw_paper_subpopulation(plot_data.paper_subpopulation_stats()), out / "paper_subpopulation")
+    return paths
