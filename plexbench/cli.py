@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except PlexbenchError as e:
         print(f"plexbench: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # Output piped into `head` and friends: not an error of ours.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("plexbench: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
         return 130

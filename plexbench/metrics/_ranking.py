@@ -1,0 +1,70 @@
+"""Rank statistics on scores sorted once: Mann-Whitney AUC, ROC/PR operating points.
+
+Every function here takes scores already sorted ascending (`sorted_scores`) and the
+positive flags in the same order (`sorted_pos`), so callers sort once and reuse the order
+(calib_auc, AURC and the OOD metrics all do). Tied scores form one group: a threshold
+never separates equal scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def tie_groups(sorted_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of equal values in an ascending array; ends exclusive."""
+    n = sorted_scores.shape[0]
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], n)
+    return starts, ends
+
+
+def mann_whitney_auc(sorted_scores: np.ndarray, sorted_pos: np.ndarray) -> float:
+    """P(score_pos > score_neg) + 1/2 P(score_pos = score_neg), from average ranks.
+
+    AUC = (R_pos - P(P+1)/2) / (P * Q) with R_pos the sum of the 1-based average ranks of
+    the P positives among P + Q examples. Twice the average rank of the group occupying
+    0-based positions [s, e) is s + e + 1, an integer, so the rank sum is exact in int64 and
+    the only rounding is the final division. Returns NaN when P or Q is 0 (callers warn).
+    """
+    n = sorted_scores.shape[0]
+    num_pos = int(np.count_nonzero(sorted_pos))
+    num_neg = n - num_pos
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    starts, ends = tie_groups(sorted_scores)
+    two_ranks = np.repeat(starts + ends + 1, ends - starts)
+    two_rank_sum = int(two_ranks[sorted_pos].sum())
+    return (two_rank_sum - num_pos * (num_pos + 1)) / (2.0 * num_pos * num_neg)
+
+
+def descending_operating_points(sorted_scores: np.ndarray, sorted_pos: np.ndarray):
+    """Cumulative (tp, fp, threshold) at each distinct score, thresholds from high to low.
+
+    At threshold t every example with score >= t is called positive, so all members of a
+    tie group switch together. Same points as scikit-learn's `_binary_clf_curve`.
+    """
+    scores = sorted_scores[::-1]
+    pos = sorted_pos[::-1]
+    last = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
+    tps = np.cumsum(pos, dtype=np.int64)[last]
+    fps = (last + 1) - tps
+    return tps, fps, scores[last]
+
+
+def average_precision(tps: np.ndarray, fps: np.ndarray) -> float:
+    """sum_n (R_n - R_{n-1}) P_n over descending thresholds, R_0 = 0 (scikit-learn's AP)."""
+    num_pos = tps[-1]
+    precision = tps / (tps + fps)
+    recall = tps / num_pos
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def fpr_at_tpr(tps: np.ndarray, fps: np.ndarray, tpr_level: float = 0.95) -> float:
+    """FPR at the first (highest) threshold whose TPR = tp / P reaches `tpr_level`."""
+    tpr = tps / tps[-1]
+    first = int(np.argmax(tpr >= tpr_level))  # exists: the last point has TPR = 1
+    return float(fps[first] / fps[-1])

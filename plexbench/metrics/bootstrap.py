@@ -1,0 +1,96 @@
+"""Percentile bootstrap confidence intervals for any scalar metric.
+
+Resampling: example rows are drawn with replacement, N out of N, the same rows for every
+array passed (paired). Sample b uses the b-th block of N draws of
+`numpy.random.default_rng(seed).integers(0, N, ...)`, so the resamples depend only on the
+seed, N and b (not on how many are drawn at once). Interval: the alpha/2 and 1 - alpha/2
+quantiles (linear interpolation) of the resampled values. Resamples where the metric is
+NaN (e.g. calib_auc of a resample without errors) are left out of the quantiles, with one
+`UndefinedMetricWarning` saying how many.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from plexbench.errors import PlexbenchError
+from plexbench.metrics._checks import UndefinedMetricWarning
+from plexbench.progress import bar
+
+# Rows of indices drawn at once: bounds memory to about 64 MiB of int64 indices.
+_INDEX_BUDGET = 8 << 20
+
+
+def check_num_samples(num_samples) -> int:
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise PlexbenchError(f"number of bootstrap samples must be a positive integer, got {num_samples}")
+    return int(num_samples)
+
+
+def index_blocks(n: int, num_samples: int, seed: int):
+    """Yield (start, indices (b, n) int64) blocks covering samples 0..num_samples-1."""
+    rng = np.random.default_rng(seed)
+    per_block = max(1, _INDEX_BUDGET // max(1, n))
+    for start in range(0, num_samples, per_block):
+        size = min(per_block, num_samples - start)
+        yield start, rng.integers(0, n, size=(size, n))
+
+
+def percentile_interval(values, alpha: float = 0.05, what: str = "metric") -> tuple[float, float]:
+    """(alpha/2, 1 - alpha/2) quantiles of the finite-or-inf values, NaNs left out."""
+    v = np.asarray(values, dtype=np.float64)
+    nan = np.isnan(v)
+    if nan.all():
+        return float("nan"), float("nan")
+    if nan.any():
+        warnings.warn(
+            f"bootstrap: {what} undefined in {int(nan.sum())} of {v.size} resamples; they are left out",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
+    lo, hi = np.quantile(v[~nan], [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def bootstrap_distribution(metric_fn: Callable, *arrays, num_samples: int, seed: int = 0,
+                           vectorized: bool = False) -> np.ndarray:
+    """The metric on each of `num_samples` resamples, float64 (num_samples,).
+
+    `vectorized=True`: metric_fn takes arrays with a leading resample axis (b, N, ...) and
+    returns (b,) values, and is called once per block of resamples.
+    """
+    num_samples = check_num_samples(num_samples)
+    data = [np.asarray(a) for a in arrays]
+    if not data:
+        raise PlexbenchError("bootstrap needs at least one array")
+    n = data[0].shape[0] if data[0].ndim else 0
+    if n == 0 or any(a.ndim == 0 or a.shape[0] != n for a in data):
+        shapes = ", ".join(str(a.shape) for a in data)
+        raise PlexbenchError(f"bootstrap arrays must be non-empty with the same number of rows, got {shapes}")
+    out = np.empty(num_samples, dtype=np.float64)
+    with warnings.catch_warnings(), bar(num_samples, "bootstrap", unit="resample") as progress:
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # counted once in percentile_interval
+        for start, idx in index_blocks(n, num_samples, seed):
+            if vectorized:
+                out[start:start + idx.shape[0]] = metric_fn(*(a[idx] for a in data))
+            else:
+                for j, rows in enumerate(idx):
+                    out[start + j] = metric_fn(*(a[rows] for a in data))
+            progress.update(idx.shape[0])
+    return out
+
+
+def bootstrap_ci(metric_fn: Callable, *arrays, num_samples: int, seed: int = 0, alpha: float = 0.05,
+                 vectorized: bool = False) -> tuple[float, float]:
+    """Percentile-bootstrap (1 - alpha) interval of metric_fn(*arrays) -> (low, high).
+
+    Example: `bootstrap_ci(accuracy, labels, probs, num_samples=1000, seed=0)`.
+    See the module docstring for the resampling rule.
+    """
+    if not 0 < alpha < 1:
+        raise PlexbenchError(f"alpha must be in (0, 1), got {alpha}")
+    values = bootstrap_distribution(metric_fn, *arrays, num_samples=num_samples, seed=seed, vectorized=vectorized)
+    return percentile_interval(values, alpha, getattr(metric_fn, "__name__", "metric"))

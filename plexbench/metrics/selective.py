@@ -1,0 +1,140 @@
+"""Selective prediction: oracle-collaborative accuracy, risk-coverage curve, AURC, E-AURC.
+
+Shapes: `labels` int (N,), `probs` float (N, K). Confidence = max_k p (top label, class
+ties to the lowest index); correct = (argmax == label).
+
+Orders (both stable, i.e. ties keep example order, index 0 first):
+- oracle referral ranks examples by confidence ASCENDING: among examples of equal
+  confidence, the one that comes first in the data is referred to the oracle first;
+- the risk-coverage curve ranks examples by confidence DESCENDING (a stable sort on
+  -confidence): among equal confidences, the one that comes first in the data is accepted
+  first.
+
+AURC = sort_by_confidence -> cumulative_risk -> area, each a function here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from plexbench.metrics import _checks as C
+from plexbench.metrics.classification import top_label
+from plexbench.metrics.direction import declares
+
+
+# ----------------------------------------------------------------------------- building blocks
+def num_referred(n: int, fraction: float) -> int:
+    """floor(n * fraction), with n * fraction first rounded to 9 decimals.
+
+    The rounding removes binary floating-point noise: 100 * 0.29 is 28.999999999999996 in
+    float64 and must give 29, not 28.
+    """
+    return int(math.floor(round(n * fraction, 9)))
+
+
+def oc_acc_from(conf: np.ndarray, correct: np.ndarray, fraction: float) -> float:
+    """Oracle-collaborative accuracy from confidences and correctness flags (validated).
+
+    The k = num_referred(N, fraction) least confident examples count as correct. Selection
+    without sorting: t = the k-th smallest confidence; every example with conf < t is
+    referred, and of those with conf == t the first (k - #{conf < t}) in example order,
+    which is exactly the first k of a stable ascending sort.
+    """
+    n = conf.shape[0]
+    k = num_referred(n, fraction)
+    total_correct = int(np.count_nonzero(correct))
+    if k == 0:
+        return total_correct / n
+    if k >= n:
+        return 1.0
+    t = np.partition(conf, k - 1)[k - 1]
+    below = conf < t
+    tied = np.flatnonzero(conf == t)[: k - int(np.count_nonzero(below))]
+    referred_correct = int(np.count_nonzero(correct[below])) + int(np.count_nonzero(correct[tied]))
+    return (k + total_correct - referred_correct) / n
+
+
+def sort_by_confidence(conf: np.ndarray) -> np.ndarray:
+    """Indices by descending confidence, ties in example order (stable sort on -conf)."""
+    return np.argsort(-conf, kind="stable")
+
+
+def cumulative_risk(sorted_correct: np.ndarray) -> np.ndarray:
+    """risk[k-1] = (# incorrect among the first k) / k for k = 1..N, float64 (N,)."""
+    errors = np.cumsum(~sorted_correct.astype(bool), dtype=np.int64)
+    return errors / np.arange(1, errors.shape[0] + 1)
+
+
+def area(risk: np.ndarray) -> float:
+    """Mean of the risk over the N coverage levels k/N (a right Riemann sum)."""
+    return float(np.mean(risk))
+
+
+def optimal_aurc(n: int, num_errors: int) -> float:
+    """AURC of the ideal order (all correct examples first): mean_k max(0, k - (n - e)) / k."""
+    k = np.arange(n - num_errors + 1, n + 1, dtype=np.float64)
+    return float(np.sum((k - (n - num_errors)) / k) / n)
+
+
+def _check(labels, probs):
+    y, p = C.check_labels_probs(labels, probs)
+    conf, pred = top_label(p)
+    return conf, pred == y
+
+
+# ----------------------------------------------------------------------------- public metrics
+@declares("oc_acc@*", direction="higher")
+def oracle_collaborative_accuracy(labels, probs, *, fraction: float) -> float:
+    """Accuracy when the least confident `fraction` of examples is handed to an oracle.
+
+    k = floor(N * fraction) examples with the lowest confidence are counted correct, the
+    rest are scored as they are: (k + #correct among the others) / N. Ties in confidence:
+    stable ascending order, so among equal confidences the examples that come FIRST in the
+    data are referred. fraction = 0 gives the accuracy, fraction = 1 gives 1.
+
+    Works for any number of classes. (Plex's reference code computes this metric in a
+    binary-only way that degenerates for K > 2; this is the definition, spec §5.)
+
+    >>> probs = [[.9, .1], [.6, .4], [.55, .45], [.2, .8]]  # accuracy 3/4, the .55 row is wrong
+    >>> oracle_collaborative_accuracy([0, 0, 1, 1], probs, fraction=0.25)  # k = 1: that row
+    1.0
+    """
+    conf, correct = _check(labels, probs)
+    return oc_acc_from(conf, correct, C.check_fraction(fraction))
+
+
+def risk_coverage_curve(labels, probs) -> dict[str, np.ndarray]:
+    """Selective risk at each coverage k/N, k = 1..N, most confident examples accepted first.
+
+    Returns float64 arrays (N,) `coverage` = k/N and `risk` = error rate among the k
+    accepted examples (stable order on -confidence; ties in example order).
+    """
+    conf, correct = _check(labels, probs)
+    n = conf.shape[0]
+    return {
+        "coverage": np.arange(1, n + 1) / n,
+        "risk": cumulative_risk(correct[sort_by_confidence(conf)]),
+    }
+
+
+@declares("aurc", direction="lower")
+def aurc(labels, probs) -> float:
+    """Area under the risk-coverage curve: mean over k = 1..N of the risk at coverage k/N.
+
+    Order: stable sort on -confidence (ties in example order). Geifman et al. 2019.
+
+    >>> aurc([0, 1], [[0.9, 0.1], [0.8, 0.2]])  # risks 0/1, 1/2 -> mean 0.25
+    0.25
+    """
+    conf, correct = _check(labels, probs)
+    return area(cumulative_risk(correct[sort_by_confidence(conf)]))
+
+
+@declares("eaurc", direction="lower")
+def eaurc(labels, probs) -> float:
+    """Excess AURC: AURC - AURC of the ideal order (all correct examples first). >= 0."""
+    conf, correct = _check(labels, probs)
+    value = area(cumulative_risk(correct[sort_by_confidence(conf)]))
+    return value - optimal_aurc(conf.shape[0], int(np.count_nonzero(~correct)))

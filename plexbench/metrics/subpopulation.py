@@ -1,0 +1,58 @@
+"""Subpopulation shift: accuracy per group and its summary (spec §5).
+
+Reported as metrics `subpop/<key>` with key in mean, median, variance, p05, p25, p75, p95.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from plexbench.errors import PlexbenchError
+from plexbench.metrics import _checks as C
+
+
+def group_accuracies(labels, probs, groups) -> np.ndarray:
+    """Top-1 accuracy of each group, float64 (G,), groups in ascending order of their id.
+
+    `groups` int (N,): any integer ids; only ids that occur are reported, so G = the number
+    of distinct ids and the i-th value belongs to the i-th smallest id (np.unique order).
+    """
+    y, p = C.check_labels_probs(labels, probs)
+    g = _check_groups(groups)
+    C.check_same_rows(y, g, "labels", "groups")
+    _, index = np.unique(g, return_inverse=True)
+    correct = (np.argmax(p, axis=1) == y).astype(np.float64)
+    return np.bincount(index, weights=correct) / np.bincount(index)
+
+
+def _check_groups(groups) -> np.ndarray:
+    arr = np.asarray(groups)
+    if arr.dtype == object or arr.dtype.kind not in "iu":
+        raise PlexbenchError(f"groups must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise PlexbenchError(f"groups must have shape (N,) with N >= 1, got {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def subpopulation_summary(acc) -> dict[str, float]:
+    """mean, median, variance and 5/25/75/95th percentiles of per-group accuracies (G,).
+
+    variance is the population variance (ddof = 0: mean squared deviation over the G
+    groups). Percentiles and the median use linear interpolation between order statistics
+    (numpy's default "linear" method): the q-th percentile sits at position q/100 * (G - 1)
+    of the sorted values.
+
+    >>> subpopulation_summary([0.5, 1.0])["p25"]  # position 0.25 between 0.5 and 1.0
+    0.625
+    """
+    a = C.check_finite(acc, "group accuracies", 1)
+    q = np.percentile(a, [5, 25, 75, 95], method="linear")
+    return {
+        "mean": float(np.mean(a)),
+        "median": float(np.median(a)),
+        "variance": float(np.var(a, ddof=0)),
+        "p05": float(q[0]),
+        "p25": float(q[1]),
+        "p75": float(q[2]),
+        "p95": float(q[3]),
+    }
