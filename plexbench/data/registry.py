@@ -1,0 +1,386 @@
+"""The dataset registry: one `DatasetInfo` per dataset name (spec §8).
+
+Names are TFDS names (`cifar10`, `imagenet_v2/matched-frequency`, `cifar10_corrupted/snow_3`), so
+data prepared by TFDS itself is read from the data dir unchanged. Two datasets are embedded
+(shipped with plexbench, prepared offline by its own TFDS builders): `fashion_mnist` and `digits`.
+
+Split roles are `train`, `validation`, `test`; each maps to a TFDS split string. Where Plex holds
+out part of the training split for validation the role strings say so (cifar10: `train[:98%]` /
+`train[98%:]`). Datasets that Plex only evaluates on have just the roles they need.
+
+Choices where the spec is silent (documented here once):
+- CIFAR-10H is the TFDS builder `cifar10_h` (the CIFAR-10 test images with the human vote
+  fractions as the float feature `soft_label`); it replaces "cifar10 test + votes".
+- ImageNet ReaL is `imagenet2012_real`: `label` is the original ImageNet label; the soft label is
+  uniform over the ReaL label set (TFDS holds the set, not the raters' votes). Examples whose ReaL
+  set is empty get an all-zero soft label row; consumers must drop rows whose soft label sums to 0.
+- Corruption families (`cifar10_corrupted`, `imagenet2012_corrupted`, `fashion_mnist_corrupted`)
+  hold the 15 standard ImageNet-C corruptions x severities 1-5, expanded here in Python. Entry
+  names use the TFDS config spelling (cifar10_corrupted says `elastic` and `frosted_glass_blur`);
+  `DatasetInfo.corruption` always holds the canonical ImageNet-C name.
+- The language datasets of T5-Plex (glue/mnli, NaLUE, civil_comments) are not image datasets and
+  are not registered.
+
+Nothing here imports TensorFlow: `is_available` and `list_rows` only look at the file system.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from plexbench import paths
+from plexbench.errors import PlexbenchError
+from plexbench.registry import Registry
+
+ROLES = ("train", "validation", "test")
+
+# The 15 corruptions of ImageNet-C (Hendrycks & Dietterich 2019), in their paper order.
+CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness",
+    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+SEVERITIES = (1, 2, 3, 4, 5)
+
+# The preprocessing of fine-tuned evaluation (spec §4): bilinear resize to 384, range [-1, 1].
+FINETUNED_PREPROCESS = "resize(384)|value_range(-1,1)"
+# Embedded grey datasets keep their native size: the zoo models are trained at it.
+GREY_PREPROCESS = "grey_to_rgb|value_range(-1,1)"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What plexbench knows about one dataset before reading any file.
+
+    - `name`: the registry name (the TFDS name for TFDS datasets).
+    - `tfds_name`: TFDS builder name, `builder/config` for datasets with configs.
+    - `splits`: role (`train`/`validation`/`test`) -> TFDS split string.
+    - `num_classes`; `class_names`: tuple of K names, or None where the names come from the prepared
+      data (see `plexbench.data.load.class_names`).
+    - `image_shape`: (H, W, C) of the stored images, None for a side that varies.
+    - `default_preprocess`: preprocessing spec (`plexbench.data.preprocess`) used when a model names none.
+    - `embedded`: prepared offline by plexbench (no download, no manual files).
+    - `prepare_hint`: what preparing needs, shown in errors and by `plexbench data info`.
+    - `builder`: "module:Class" of a plexbench TFDS builder class, or None for the official TFDS builder.
+    - `version`: the exact TFDS version to read and prepare, or None for "the newest one prepared".
+    - `requires`: datasets prepared first (e.g. the clean set a corrupted set is made from).
+    - `label_key`: the feature holding the integer label.
+    - `soft_label`: None, `feature:<key>` (a float vector feature) or `multi_hot:<key>` (uniform over
+      a label set); gives `soft_label` float32 (N, K) in loaded arrays.
+    - `family`, `corruption`, `severity`: set for members of a corruption family.
+    """
+
+    name: str
+    tfds_name: str
+    splits: Mapping[str, str]
+    num_classes: int
+    class_names: tuple[str, ...] | None
+    image_shape: tuple[int | None, int | None, int]
+    default_preprocess: str
+    embedded: bool
+    prepare_hint: str
+    builder: str | None = None
+    version: str | None = None
+    requires: tuple[str, ...] = ()
+    label_key: str = "label"
+    soft_label: str | None = None
+    family: str | None = None
+    corruption: str | None = None
+    severity: int | None = None
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        # A read-only view: an entry is shared by every caller and must not be edited in place.
+        object.__setattr__(self, "splits", MappingProxyType(dict(self.splits)))
+
+    @property
+    def builder_name(self) -> str:
+        """TFDS builder name: the part of `tfds_name` before '/'."""
+        return self.tfds_name.split("/", 1)[0]
+
+    @property
+    def config(self) -> str | None:
+        """TFDS builder config name: the part of `tfds_name` after '/', or None."""
+        parts = self.tfds_name.split("/", 1)
+        return parts[1] if len(parts) == 2 else None
+
+    def split_for(self, role: str) -> str:
+        """The TFDS split string of a role; PlexbenchError if the dataset has no such role."""
+        if role not in self.splits:
+            raise PlexbenchError(
+                f"dataset '{self.name}' has no '{role}' split (it has: {', '.join(self.splits)})")
+        return self.splits[role]
+
+
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+
+# Families (e.g. "cifar10_corrupted") -> member names, in corruption x severity order.
+FAMILIES: dict[str, list[str]] = {}
+
+
+def _add(info: DatasetInfo) -> None:
+    for role in info.splits:
+        if role not in ROLES:
+            raise ValueError(f"{info.name}: unknown split role {role!r}")
+    if info.class_names is not None and len(info.class_names) != info.num_classes:
+        raise ValueError(f"{info.name}: {len(info.class_names)} class names for {info.num_classes} classes")
+    DATASETS.add(info.name, info)
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    """The registry entry of `name`; unknown names raise PlexbenchError with close matches."""
+    if name not in DATASETS:
+        raise PlexbenchError(_unknown_message(name))
+    return DATASETS.get(name)
+
+
+def _unknown_message(name: str) -> str:
+    """"unknown dataset" with close matches among all names; families listed once as `family/*`."""
+    compact = [n for n in DATASETS.names() if DATASETS.get(n).family is None] + [f"{f}/*" for f in FAMILIES]
+    close = difflib.get_close_matches(str(name), DATASETS.names() + list(FAMILIES), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown dataset '{name}'{hint} (available: {', '.join(sorted(compact))})"
+
+
+def expand_names(patterns: list[str] | tuple[str, ...]) -> list[str]:
+    """Registry names for `patterns`: exact names, family names (all members) or shell globs.
+
+    `cifar10_corrupted` and `cifar10_corrupted/*` both give the 75 members; `*_corrupted/snow_3`
+    gives that member of every family. Order: patterns in order, members in registry order,
+    duplicates dropped. A pattern matching nothing raises PlexbenchError with close matches.
+    """
+    out: list[str] = []
+    for pattern in patterns:
+        if pattern in DATASETS:
+            matched = [pattern]
+        elif pattern in FAMILIES:
+            matched = list(FAMILIES[pattern])
+        elif any(ch in pattern for ch in "*?["):
+            matched = [n for n in DATASETS.names() if fnmatch.fnmatchcase(n, pattern)]
+            if not matched:
+                raise PlexbenchError(f"no dataset matches '{pattern}'")
+        else:
+            raise PlexbenchError(_unknown_message(pattern))
+        out += [n for n in matched if n not in out]
+    return out
+
+
+# --------------------------------------------------------------------------- local availability
+
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def dataset_root(info: DatasetInfo, data_dir) -> Path:
+    """`<data_dir>/<builder>[/<config>]`: the folder holding one subfolder per prepared version."""
+    root = Path(data_dir) / info.builder_name
+    return root / info.config if info.config else root
+
+
+def prepared_versions(info: DatasetInfo, data_dir) -> list[str]:
+    """Versions of `info` fully prepared under `data_dir` (a `dataset_info.json` is present), oldest first.
+
+    TFDS writes a version into `incomplete.*` and renames it when done, so a present
+    `<version>/dataset_info.json` means a complete dataset.
+    """
+    root = dataset_root(info, data_dir)
+    if not root.is_dir():
+        return []
+    found = [p.name for p in root.iterdir()
+             if _VERSION_RE.match(p.name) and (p / "dataset_info.json").is_file()]
+    return sorted(found, key=_version_key)
+
+
+def version_dir(info: DatasetInfo, data_dir) -> Path | None:
+    """The folder to read `info` from: its pinned `version` if prepared, else the newest prepared one."""
+    versions = prepared_versions(info, data_dir)
+    if info.version is not None:
+        return dataset_root(info, data_dir) / info.version if info.version in versions else None
+    return dataset_root(info, data_dir) / versions[-1] if versions else None
+
+
+def is_available(name: str, data_dir=None) -> bool:
+    """True if `name` is prepared in `data_dir` (default: plexbench.paths.data_dir())."""
+    return version_dir(get_dataset(name), paths.data_dir(data_dir)) is not None
+
+
+def not_prepared_message(info: DatasetInfo, data_dir) -> str:
+    """The one-line error for a dataset missing from `data_dir`: what, where, and how to prepare it."""
+    looked = dataset_root(info, data_dir) / (info.version or "<version>")
+    return (f"dataset '{info.name}' is not prepared in data dir {data_dir} (no {looked}/dataset_info.json); "
+            f"prepare it with: plexbench data prepare {info.name} --data-dir {data_dir} ({info.prepare_hint})")
+
+
+# --------------------------------------------------------------------------- listing
+
+def list_rows(args) -> list[dict]:
+    """Rows for `plexbench list datasets`: one per dataset, one per corruption family.
+
+    A family row shows how many members exist and how many are prepared.
+    """
+    data_dir = paths.data_dir(getattr(args, "data_dir", None))
+    rows, seen_families = [], set()
+    for name, info in DATASETS.items():
+        if info.family is None:
+            rows.append(_row(info.name, info, "yes" if version_dir(info, data_dir) else "no"))
+        elif info.family not in seen_families:
+            seen_families.add(info.family)
+            members = [get_dataset(n) for n in FAMILIES[info.family]]
+            ready = sum(version_dir(m, data_dir) is not None for m in members)
+            row = _row(f"{info.family}/* ({len(members)})", info, f"{ready}/{len(members)}")
+            row["tfds_name"] = f"{info.builder_name}/<corruption>_<1-5>"
+            rows.append(row)
+    return rows
+
+
+def _row(label: str, info: DatasetInfo, available: str) -> dict:
+    return {
+        "name": label,
+        "tfds_name": info.tfds_name,
+        "classes": info.num_classes,
+        "splits": " ".join(f"{role}={split}" for role, split in info.splits.items()),
+        "embedded": info.embedded,
+        "available": available,
+    }
+
+
+# --------------------------------------------------------------------------- the entries
+
+_DOWNLOAD = "downloads the data from the internet through TFDS"
+_IMAGENET_MANUAL = ("needs the ImageNet tars ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+                    "in --manual-dir; see https://www.tensorflow.org/datasets/catalog/imagenet2012")
+_IMAGENET_VAL_MANUAL = ("needs the ImageNet validation tar ILSVRC2012_img_val.tar in --manual-dir; "
+                        "see https://www.tensorflow.org/datasets/catalog/{name}")
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple("""
+apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel
+can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
+dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
+lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree
+pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea
+seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table
+tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman
+worm""".split())
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+# TFDS's cifar10_corrupted spells two ImageNet-C corruptions differently.
+_CIFAR10_C_SPELLING = {"elastic_transform": "elastic", "glass_blur": "frosted_glass_blur"}
+
+
+def _standard(name, splits, num_classes, shape, *, class_names=None, hint=_DOWNLOAD,
+              preprocess=FINETUNED_PREPROCESS, description="", **kw) -> None:
+    _add(DatasetInfo(name=name, tfds_name=name, splits=splits, num_classes=num_classes,
+                     class_names=class_names, image_shape=shape, default_preprocess=preprocess,
+                     embedded=False, prepare_hint=hint, description=description, **kw))
+
+
+def _family(family: str, *, spelling: Mapping[str, str], base: str, splits, num_classes: int,
+            class_names, shape, hint: str, builder: str | None = None, requires: tuple[str, ...] = (),
+            embedded: bool = False) -> None:
+    """Register `family/<corruption>_<severity>` for the 15 corruptions x 5 severities of `base`."""
+    members = []
+    for corruption in CORRUPTIONS:
+        for severity in SEVERITIES:
+            config = f"{spelling.get(corruption, corruption)}_{severity}"
+            name = f"{family}/{config}"
+            _add(DatasetInfo(
+                name=name, tfds_name=name, splits=splits, num_classes=num_classes,
+                class_names=class_names, image_shape=shape,
+                default_preprocess=GREY_PREPROCESS if shape[-1] == 1 else FINETUNED_PREPROCESS,
+                embedded=embedded, prepare_hint=hint, builder=builder, requires=requires, family=family,
+                corruption=corruption, severity=severity,
+                description=f"{base} {splits['test']} with {corruption} at severity {severity}"))
+            members.append(name)
+    FAMILIES[family] = members
+
+
+def _register_all() -> None:  # a table, one call per dataset (long on purpose)
+    # Embedded: prepared offline by plexbench's own builders (plexbench.data.builders).
+    _add(DatasetInfo(
+        name="fashion_mnist", tfds_name="fashion_mnist",
+        splits={"train": "train[:98%]", "validation": "train[98%:]", "test": "test"},
+        num_classes=10, class_names=FASHION_MNIST_CLASSES, image_shape=(28, 28, 1),
+        default_preprocess=GREY_PREPROCESS, embedded=True,
+        prepare_hint="offline, from the Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)",
+        builder="plexbench.data.builders.fashion_mnist:FashionMnist", version="3.0.1",
+        description="Fashion-MNIST (Xiao et al. 2017), 60,000 train / 10,000 test 28x28 grey images"))
+    _add(DatasetInfo(
+        name="digits", tfds_name="digits",
+        splits={"train": "train[:80%]", "validation": "train[80%:]", "test": "test"},
+        num_classes=10, class_names=DIGIT_CLASSES, image_shape=(8, 8, 1),
+        default_preprocess=GREY_PREPROCESS, embedded=True,
+        prepare_hint="offline, from scikit-learn's bundled copy of the UCI handwritten digits",
+        builder="plexbench.data.builders.digits:Digits", version="1.0.0",
+        description="scikit-learn's 8x8 handwritten digits (1,797 images), values 0..16 scaled to 0..255"))
+    _family("fashion_mnist_corrupted", spelling={}, base="fashion_mnist", splits={"test": "test"},
+            num_classes=10, class_names=FASHION_MNIST_CLASSES, shape=(28, 28, 1),
+            hint="offline, generated from the prepared fashion_mnist test split",
+            builder="plexbench.data.builders.corrupted:FashionMnistCorrupted",
+            requires=("fashion_mnist",), embedded=True)
+
+    # In-distribution (spec §8).
+    _standard("cifar10", {"train": "train[:98%]", "validation": "train[98%:]", "test": "test"}, 10, (32, 32, 3),
+              class_names=CIFAR10_CLASSES, description="CIFAR-10")
+    _standard("cifar100", {"train": "train[:98%]", "validation": "train[98%:]", "test": "test"}, 100, (32, 32, 3),
+              class_names=CIFAR100_CLASSES, description="CIFAR-100 (fine labels); also a few-shot set")
+    _standard("imagenet2012", {"train": "train[:99%]", "validation": "train[99%:]", "test": "validation"}, 1000,
+              (None, None, 3), hint=_IMAGENET_MANUAL, description="ImageNet-1k (ILSVRC 2012)")
+
+    # Label uncertainty.
+    _standard("cifar10_h", {"test": "test"}, 10, (32, 32, 3), class_names=CIFAR10_CLASSES,
+              soft_label="feature:soft_label",
+              description="CIFAR-10 test with CIFAR-10H human vote fractions (soft_label)")
+    _standard("imagenet2012_real", {"test": "validation"}, 1000, (None, None, 3),
+              hint=_IMAGENET_VAL_MANUAL.format(name="imagenet2012_real"), label_key="original_label",
+              soft_label="multi_hot:real_label",
+              description="ImageNet validation with the ReaL label sets (soft label uniform over the set)")
+
+    # Out of distribution.
+    _standard("svhn_cropped", {"train": "train", "test": "test"}, 10, (32, 32, 3), class_names=DIGIT_CLASSES,
+              description="SVHN cropped digits (OOD for CIFAR)")
+    _standard("places365_small", {"train": "train", "test": "validation"}, 365, (256, 256, 3),
+              description="Places365 at 256x256 (OOD for ImageNet; active learning)")
+    _standard("dtd", {"train": "train", "validation": "validation", "test": "test"}, 47, (None, None, 3),
+              description="Describable Textures (OOD; few-shot)")
+
+    # Covariate shift.
+    _standard("imagenet_a", {"test": "test"}, 1000, (None, None, 3), description="ImageNet-A (200 of 1000 classes)")
+    _standard("imagenet_r", {"test": "test"}, 1000, (None, None, 3), description="ImageNet-R (200 of 1000 classes)")
+    _standard("imagenet_v2/matched-frequency", {"test": "test"}, 1000, (None, None, 3),
+              description="ImageNetV2, matched-frequency sampling")
+    _family("cifar10_corrupted", spelling=_CIFAR10_C_SPELLING, base="cifar10", splits={"test": "test"},
+            num_classes=10, class_names=CIFAR10_CLASSES, shape=(32, 32, 3),
+            hint=_DOWNLOAD + " (CIFAR-10-C, 2.9 GiB)")
+    _family("imagenet2012_corrupted", spelling={}, base="imagenet2012", splits={"test": "validation"},
+            num_classes=1000, class_names=None, shape=(224, 224, 3),
+            hint=_IMAGENET_VAL_MANUAL.format(name="imagenet2012_corrupted") + "; TFDS generates the corruptions")
+
+    # Few-shot (splits as in big_vision's few-shot evaluator).
+    _standard("caltech_birds2011", {"train": "train", "test": "test"}, 200, (None, None, 3),
+              description="CUB-200-2011 birds (few-shot)")
+    _standard("caltech101", {"train": "train", "test": "test"}, 102, (None, None, 3), description="Caltech-101 (few-shot)")
+    _standard("cars196", {"train": "train", "test": "test"}, 196, (None, None, 3), description="Stanford Cars (few-shot)")
+    _standard("colorectal_histology", {"train": "train[:2000]", "test": "train[2000:]"}, 8, (150, 150, 3),
+              description="Colorectal histology tiles (few-shot)")
+    _standard("imagenet2012_subset/10pct", {"train": "train", "test": "validation"}, 1000, (None, None, 3),
+              hint=_IMAGENET_MANUAL, description="10% of ImageNet train (few-shot)")
+    _standard("oxford_iiit_pet", {"train": "train", "test": "test"}, 37, (None, None, 3),
+              description="Oxford-IIIT Pet (few-shot)")
+    _standard("uc_merced", {"train": "train[:1000]", "test": "train[1000:]"}, 21, (None, None, 3),
+              description="UC Merced land use (few-shot)")
+
+
+_register_all()
