@@ -1,0 +1,104 @@
+"""`plexbench model info NAME [--checkpoint PATH]` and `plexbench zoo train NAME`."""
+
+from __future__ import annotations
+
+import json
+
+_DATA_DIR_HELP = "TFDS data dir (default: $TFDS_DATA_DIR or ~/.cache/plexbench/tensorflow_datasets)"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("model", help="show a registered model: config, parameters, FLOPs, checkpoint check")
+    model_sub = p.add_subparsers(dest="model_command", metavar="ACTION", parser_class=type(p))
+    model_sub.required = True
+    info = model_sub.add_parser(
+        "info", help="config, parameter count and matmul FLOPs per example of a model",
+        description="Print a model's config, parameter count and matmul FLOPs per example. With "
+                    "--checkpoint (or for zoo models, their shipped weights) the file is read and "
+                    "every key and shape is checked against the config.")
+    info.add_argument("name", metavar="NAME")
+    info.add_argument("--checkpoint", metavar="PATH", help="an .npz checkpoint to validate against the config")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(func=run_info)
+
+    z = sub.add_parser("zoo", help="train the embedded zoo models (Fashion-MNIST)")
+    zoo_sub = z.add_subparsers(dest="zoo_command", metavar="ACTION", parser_class=type(z))
+    zoo_sub.required = True
+    train = zoo_sub.add_parser(
+        "train", help="train a zoo model from its seed; writes NAME.npz and the model card NAME.json",
+        description="Train a zoo model (plex-mini, det-mini, plex-mini-fmnist6, det-mini-fmnist6) from "
+                    "its recipe and seed. Use --out plexbench/models/zoo_weights to refresh the shipped weights.")
+    train.add_argument("name", metavar="NAME")
+    train.add_argument("--data-dir", help=_DATA_DIR_HELP)
+    train.add_argument("--out", metavar="DIR", help="output folder (default: ~/.cache/plexbench/zoo_weights)")
+    train.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps (smoke runs)")
+    train.set_defaults(func=run_zoo_train)
+
+
+def model_info(name: str, checkpoint: str | None = None) -> dict:
+    """What `model info` prints, as a dict; validates the checkpoint when one is given or shipped."""
+    from plexbench.models.checkpoint import load_params
+    from plexbench.models.config import param_count
+    from plexbench.models.flops import flops_per_example
+    from plexbench.models.registry import get_model
+
+    entry = get_model(name)
+    path = checkpoint or (str(entry.checkpoint) if entry.checkpoint and entry.checkpoint.exists() else None)
+    info = {
+        "name": entry.name,
+        "family": entry.family,
+        "description": entry.description,
+        "preprocess": entry.preprocess,
+        "config": entry.config.to_dict(),
+        "param_count": param_count(entry.config),
+        "flops_per_example": flops_per_example(entry.config),
+        "checkpoint": None,
+    }
+    if path:
+        from plexbench import fileio
+
+        load_params(entry.config, path)  # raises a one-line PlexbenchError on any problem
+        info["checkpoint"] = {"path": path, "sha256": fileio.sha256_file(path), "valid": True}
+    return info
+
+
+def run_info(args) -> int:
+    info = model_info(args.name, args.checkpoint)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    print(f"{info['name']} ({info['family']}): {info['description']}")
+    print(f"preprocess: {info['preprocess']}")
+    print("config:")
+    for k, v in info["config"].items():
+        print(f"  {k}: {v}")
+    print(f"parameters: {info['param_count']:,}")
+    flops = info["flops_per_example"]
+    print(f"matmul FLOPs per example: {flops['total']:,} ({flops['total'] / 1e9:.3f} GFLOPs)")
+    for k, v in flops.items():
+        if k != "total" and v:
+            print(f"  {k}: {v:,}")
+    ck = info["checkpoint"]
+    print(f"checkpoint: {ck['path']} (sha256 {ck['sha256'][:16]}...): keys and shapes match the config"
+          if ck else "checkpoint: none given (pass --checkpoint PATH to validate one)")
+    return 0
+
+
+def run_zoo_train(args) -> int:
+    from plexbench.models.zoo import train_zoo_model
+    from plexbench.progress import summary_line
+
+    if args.max_steps is not None and args.max_steps < 1:
+        from plexbench.errors import PlexbenchError
+
+        raise PlexbenchError(f"--max-steps must be >= 1, got {args.max_steps}")
+    from plexbench import paths
+
+    out = args.out or paths.cache_root() / "zoo_weights"
+    card = train_zoo_model(args.name, args.data_dir, out, max_steps=args.max_steps)
+    t, test = card["training"], card["test"]
+    print(summary_line(f"trained {card['name']}", t["steps"], t["wall_time_s"], unit="steps"))
+    print(f"test ({card['data']['num_test']} examples): accuracy {test['accuracy']:.4f}, "
+          f"NLL {test['nll']:.4f}, ECE {test['ece']:.4f}")
+    print(f"wrote {out}/{card['checkpoint']['file']} ({card['checkpoint']['bytes']:,} bytes) and {card['name']}.json")
+    return 0

@@ -1,0 +1,49 @@
+"""Matmul FLOPs per example, counted analytically (FLOPs = 2 x multiply-accumulates).
+
+Only matrix products are counted (patch projection, attention projections, q.k scores,
+attention-weighted values, MLPs, representation layer, head, and the heteroscedastic head's
+factor-noise products V @ eps_R over the S MC samples); elementwise work (LayerNorm, GELU,
+softmax, BatchEnsemble fast-weight scalings, noise generation) is not. Costs are per input
+example and include every ensemble member: the blocks from the first BatchEnsemble block on,
+and everything after the encoder, run on E rows per example.
+
+Notation as in the spec: N = 1 + g^2 tokens, D, M, H, Dh = D/H, L, E, F (head input width),
+K, R, S. Per block and row: q/k/v/out projections 4 * 2*N*D*D; scores and weighted values
+2 * 2*N*N*D; MLP 2 * 2*N*D*M.
+"""
+
+from __future__ import annotations
+
+from plexbench.models.config import ModelConfig
+
+
+def flops_per_example(c: ModelConfig) -> dict[str, int]:
+    """Breakdown of matmul FLOPs for one example: {component: flops, ..., 'total': sum}."""
+    n, d, m, e = c.num_tokens, c.hidden_size, c.mlp_dim, c.ensemble_size
+    rows = [e if (c.first_be_layer is not None and layer >= c.first_be_layer) else 1
+            for layer in range(c.num_layers)]
+    out = {
+        "embedding": 2 * (c.grid_size**2) * (c.patch_size**2 * 3) * d,
+        "attention_projections": sum(r * 4 * 2 * n * d * d for r in rows),
+        "attention_scores_values": sum(r * 2 * 2 * n * n * d for r in rows),
+        "mlp": sum(r * 2 * 2 * n * d * m for r in rows),
+        "representation": 2 * e * d * c.representation_size if c.representation_size else 0,
+    }
+    out.update(_head_flops(c))
+    out["total"] = sum(out.values())
+    return out
+
+
+def _head_flops(c: ModelConfig) -> dict[str, int]:
+    e, f, k, r = c.ensemble_size, c.feature_size, c.num_classes, c.num_factors
+    if c.head in ("dense", "batchensemble"):
+        return {"head": 2 * e * f * k, "mc_sampling": 0}
+    layers = 2  # loc and diag
+    if c.parameter_efficient:
+        layers += 1  # scale_layer_heteroscedastic (F -> K)
+        head = layers * 2 * e * f * k
+        mc = 2 * e * c.num_mc_samples * r * k  # eps_R @ W_hom per sample
+    else:
+        head = layers * 2 * e * f * k + 2 * e * f * k * r  # + scale_layer (F -> K*R)
+        mc = 2 * e * c.num_mc_samples * k * r  # V @ eps_R per sample
+    return {"head": head, "mc_sampling": mc}

@@ -1,0 +1,159 @@
+"""The model registry: the released Plex ViT configs, their deterministic counterparts, S/32 and B/32
+sizes, and the embedded zoo (small models trained on Fashion-MNIST, weights shipped in the package).
+
+Names:
+- `plex-vit-{s,b,l}32-i21k`: upstream Plex (ImageNet-21K pretraining): 224 px, K = 21843,
+  BatchEnsemble E = 3 on the last three blocks, BatchEnsemble representation layer of width D
+  (1024 for L/32) and BatchEnsemble head. `plex-vit-l32-i21k` is the released
+  `plex_vit_large_imagenet21k.npz` exactly.
+- `plex-vit-{s,b,l}32-imagenet`: fine-tuned Plex (ImageNet-1k): 384 px, K = 1000, same ensemble,
+  no representation layer, heteroscedastic head R = 15, T = 1.25, 1000 MC samples.
+  `plex-vit-l32-imagenet` is the released `plex_vit_large_imagenet21k_to_imagenet.npz` exactly.
+- `det-vit-{s,b,l}32-{i21k,imagenet}`: the deterministic ViTs of the same sizes and resolutions
+  (E = 1, plain representation layer for i21k, plain dense head).
+- zoo: `plex-mini`, `det-mini` (10 Fashion-MNIST classes), `plex-mini-fmnist6`,
+  `det-mini-fmnist6` (classes 0-5 only; 6-9 held out for open-set recognition). See zoo.py.
+Sizes (D, M, H, L): S/32 (384, 1536, 6, 12), B/32 (768, 3072, 12, 12), L/32 (1024, 4096, 16, 24).
+The large released checkpoints are not shipped: pass `--checkpoint PATH` to use one.
+
+Importing this module does not import JAX.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plexbench.models.config import ModelConfig, param_count
+from plexbench.registry import Registry
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo_weights"
+
+# Spec §4. grey_to_rgb leaves 3-channel images unchanged, so it is safe on every dataset.
+UPSTREAM_PREPROCESS = "resize_small(256)|central_crop(224)|grey_to_rgb|value_range(-1,1)"
+FINETUNED_PREPROCESS = "resize(384)|grey_to_rgb|value_range(-1,1)"
+ZOO_PREPROCESS = "grey_to_rgb|value_range(-1,1)"
+
+SIZES = {  # D, M, H, L
+    "s32": (384, 1536, 6, 12),
+    "b32": (768, 3072, 12, 12),
+    "l32": (1024, 4096, 16, 24),
+}
+PLEX_ENSEMBLE_SIZE = 3
+PLEX_HET = dict(num_factors=15, temperature=1.25, num_mc_samples=1000)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model.
+
+    name; config (architecture); preprocess (spec string for plexbench.data.preprocess.parse);
+    checkpoint: shipped weights (zoo) or None (released checkpoints: pass a path);
+    description; family ("plex" or "deterministic"); trained_on: dataset the weights were
+    trained on, if known; classes: the dataset labels the model predicts, in logit order
+    (None = all of the dataset's classes; otherwise logit j is dataset label classes[j]).
+    """
+
+    name: str
+    config: ModelConfig
+    preprocess: str
+    checkpoint: Path | None
+    description: str
+    family: str = "plex"
+    trained_on: str | None = None
+    classes: tuple[int, ...] | None = field(default=None)
+
+    @property
+    def is_zoo(self) -> bool:
+        return self.checkpoint is not None
+
+    @property
+    def model_card(self) -> Path | None:
+        return self.checkpoint.with_suffix(".json") if self.checkpoint else None
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def _add(entry: ModelEntry) -> None:
+    MODELS.add(entry.name, entry)
+
+
+def vit_config(size: str, *, image_size: int, num_classes: int, **extra) -> ModelConfig:
+    """A /32 ViT config of `size` ('s32', 'b32', 'l32') with optional extensions."""
+    d, m, h, layers = SIZES[size]
+    return ModelConfig(image_size=image_size, patch_size=32, hidden_size=d, mlp_dim=m, num_heads=h,
+                       num_layers=layers, num_classes=num_classes, **extra)
+
+
+def _last_blocks(size: str, n: int = 3) -> tuple[int, ...]:
+    layers = SIZES[size][3]
+    return tuple(range(layers - n, layers))
+
+
+def _register_released_family() -> None:
+    for size in SIZES:
+        d = SIZES[size][0]
+        be = dict(ensemble_size=PLEX_ENSEMBLE_SIZE, be_layers=_last_blocks(size))
+        tag = size.upper().replace("32", "/32")
+        released = " (the released checkpoint's layout)" if size == "l32" else ""
+        _add(ModelEntry(
+            f"plex-vit-{size}-i21k",
+            vit_config(size, image_size=224, num_classes=21843, representation_size=d, head="batchensemble", **be),
+            UPSTREAM_PREPROCESS, None,
+            f"Plex ViT-{tag} upstream, ImageNet-21K, BatchEnsemble E=3{released}", "plex", "imagenet21k"))
+        _add(ModelEntry(
+            f"plex-vit-{size}-imagenet",
+            vit_config(size, image_size=384, num_classes=1000, head="heteroscedastic", **be, **PLEX_HET),
+            FINETUNED_PREPROCESS, None,
+            f"Plex ViT-{tag} fine-tuned on ImageNet-1k, BE E=3 + heteroscedastic head{released}",
+            "plex", "imagenet2012"))
+        _add(ModelEntry(
+            f"det-vit-{size}-i21k",
+            vit_config(size, image_size=224, num_classes=21843, representation_size=d),
+            UPSTREAM_PREPROCESS, None, f"deterministic ViT-{tag}, ImageNet-21K", "deterministic", "imagenet21k"))
+        _add(ModelEntry(
+            f"det-vit-{size}-imagenet",
+            vit_config(size, image_size=384, num_classes=1000),
+            FINETUNED_PREPROCESS, None, f"deterministic ViT-{tag} fine-tuned on ImageNet-1k", "deterministic",
+            "imagenet2012"))
+
+
+def _register_zoo() -> None:
+    from plexbench.models.zoo import RECIPES
+
+    for name, recipe in RECIPES.items():
+        _add(ModelEntry(name, recipe.config, ZOO_PREPROCESS, ZOO_DIR / f"{name}.npz", recipe.description,
+                        recipe.family, recipe.dataset, recipe.classes))
+
+
+def get_model(name: str) -> ModelEntry:
+    """The entry called `name`; PlexbenchError with close matches if unknown."""
+    return MODELS.get(name)
+
+
+def list_rows(args=None) -> list[dict]:
+    """Rows for `plexbench list models` (no JAX: sizes come from the analytic layout)."""
+    rows = []
+    for name, e in MODELS.items():
+        c = e.config
+        rows.append({
+            "name": name,
+            "family": e.family,
+            "image": c.image_size,
+            "classes": c.num_classes,
+            "members": c.ensemble_size,
+            "head": c.head,
+            "params": _millions(param_count(c)),
+            "weights": ("shipped" if e.checkpoint.exists() else "missing") if e.checkpoint else "--checkpoint",
+            "description": e.description,
+        })
+    return rows
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+_register_released_family()
+_register_zoo()
