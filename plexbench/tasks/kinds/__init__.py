@@ -1,0 +1,1 @@
+"""Task kinds, one module each; `plexbench.tasks.registry.load_kinds` imports them all."""

@@ -1,0 +1,178 @@
+"""covariate_shift: a model over a corrupted-dataset family, corruption x severity (spec §5).
+
+The family is expanded here, in Python, from the parameter lists: corruption `c` at severity `s`
+is the dataset `<family>/<c>_<s>` of plexbench.data (e.g. `fashion_mnist_corrupted/gaussian_noise_3`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from plexbench.tasks.kinds.base import EvalContext, Need, Split, TaskKind, TaskResult, measure, selected, summary_row
+from plexbench.tasks.registry import register_kind
+from plexbench.tasks.spec import POSITIVE, DatasetRef, FieldError, SplitRole, TaskSpec, check
+
+
+def _severity(v: int) -> bool:
+    return 1 <= v <= 5
+
+
+def _error_rate(v: float) -> bool:
+    return 0.0 < v <= 1.0
+
+
+@dataclass(frozen=True)
+class CovariateShiftParams:
+    """- `family`: the corrupted dataset family, e.g. `fashion_mnist_corrupted`, `cifar10_corrupted`,
+      `imagenet2012_corrupted`.
+    - `corruptions`, `severities`: the grid (severities 1-5).
+    - `split`: the split role of every corrupted dataset.
+    - `reference_errors`: corruption -> reference error in (0, 1] (e.g. AlexNet's on ImageNet-C);
+      when given, its keys must be exactly `corruptions` and the task reports `mce`.
+    - `num_bins`: ECE bins (spec §5: 15).
+    """
+
+    family: str
+    corruptions: tuple[str, ...]
+    severities: tuple[int, ...] = field(default=(1, 2, 3, 4, 5), metadata=check("severities 1-5", _severity))
+    split: SplitRole = "test"
+    reference_errors: dict[str, float] | None = None
+    num_bins: int = field(default=15, metadata=POSITIVE)
+
+
+def shifted_name(family: str, corruption: str, severity: int) -> str:
+    """The plexbench.data name of a family member, e.g. `cifar10_corrupted/elastic_2` for the
+    canonical corruption `elastic_transform` (the data registry knows each family's spelling)."""
+    from plexbench.data.registry import FAMILIES, get_dataset
+
+    for name in FAMILIES.get(family, ()):
+        info = get_dataset(name)
+        if info.corruption == corruption and info.severity == severity:
+            return name
+    return f"{family}/{corruption}_{severity}"
+
+
+@register_kind("covariate_shift")
+class CovariateShift(TaskKind):
+    """Rows, for each metric m of accuracy, ece, nll, brier:
+    - dataset `<family>/<c>_<s>`, metric m: on that corrupted split (with n and interval);
+    - dataset `<family>`, metric m: mean over all (c, s) cells (unweighted; n = examples summed);
+    - dataset `<family>`, metric `severity_<s>/m`: mean over corruptions at severity s;
+    - dataset `<family>`, metric `<c>/m`: mean over severities of corruption c;
+    - dataset `<family>`, metric `mce` (with `reference_errors`): mean over corruptions of
+      (1 - mean accuracy over severities) / reference_error[c] (spec §5), a ratio (1.0 = the
+      reference model); also `<c>/ce` per corruption in the result's curves, not as rows.
+    Curve: `shift` {corruption: {severity: {metric: value}}}. The task's `dataset` is the clean
+    reference (it decides which models apply, by class count)."""
+
+    Params = CovariateShiftParams
+    metrics = ("accuracy", "ece", "nll", "brier", "mce")
+    summary = "accuracy, ECE, NLL, Brier per corruption x severity and averaged; mCE vs reference errors"
+
+    def validate(self, task: TaskSpec) -> None:
+        p = task.params
+        for name, values in (("corruptions", p.corruptions), ("severities", p.severities)):
+            if not values or len(set(values)) != len(values):
+                raise FieldError(f"params.{name}", "a non-empty list of distinct values", list(values))
+        _check_family(p)
+        ref = p.reference_errors
+        if ref is not None:
+            if set(ref) != set(p.corruptions):
+                raise FieldError("params.reference_errors", "exactly one error per corruption in params.corruptions",
+                                 sorted(set(ref) ^ set(p.corruptions)))
+            for c, e in ref.items():
+                if not _error_rate(e):
+                    raise FieldError(f"params.reference_errors.{c}", "an error rate in (0, 1]", e)
+        if task.metrics is not None and "mce" in task.metrics and ref is None:
+            raise FieldError("metrics", "mce only with params.reference_errors", list(task.metrics))
+
+    def cells(self, task: TaskSpec) -> list[tuple[str, int, DatasetRef]]:
+        p = task.params
+        return [(c, s, DatasetRef(shifted_name(p.family, c, s), p.split, task.dataset.classes,
+                                  task.dataset.preprocess, task.dataset.limit))
+                for c in p.corruptions for s in p.severities]
+
+    def needs(self, task: TaskSpec) -> list[Need]:
+        return [Need(f"shift:{ref.name}", ref) for _, _, ref in self.cells(task)]
+
+    def evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
+        from plexbench import metrics as M
+
+        p = task.params
+        wanted = [m for m in selected(task, self) if m != "mce"]
+        fns = {"accuracy": (M.accuracy, "probs"), "ece": (functools.partial(M.ece, num_bins=p.num_bins), "probs"),
+               "nll": (M.nll, "log_probs"), "brier": (M.brier, "probs")}
+        with_mce = p.reference_errors is not None and "mce" in selected(task, self)
+        computed = wanted + (["accuracy"] if with_mce and "accuracy" not in wanted else [])
+        rows, grid, sizes = [], {}, {}
+        for c, s, ref in self.cells(task):
+            split = inputs[f"shift:{ref.name}"]
+            sizes[(c, s)] = split.n
+            cell = grid.setdefault(c, {}).setdefault(s, {})
+            for m in computed:
+                fn, which = fns[m]
+                arrays = (split.labels, getattr(split, which))
+                if m in wanted:
+                    row = measure(task, ref, m, fn, arrays)
+                    rows.append(row)
+                    cell[m] = row.value
+                else:
+                    cell[m] = float(fn(*arrays))
+        rows += _averages(task.params, wanted, grid, sizes)
+        curves = {"shift": {c: {str(s): v for s, v in by_s.items()} for c, by_s in grid.items()}}
+        info = {}
+        if with_mce:
+            ce = corruption_errors(grid, p.reference_errors)
+            info["ce"] = ce
+            total = int(sum(sizes.values()))
+            rows.append(summary_row(p.family, p.split, "mce", float(np.mean(list(ce.values()))), total))
+        return TaskResult(rows=rows, curves=curves, info=info, dataset=p.family, split=p.split)
+
+
+def _check_family(p: CovariateShiftParams) -> None:
+    from plexbench.data.registry import DATASETS, FAMILIES
+
+    if p.family not in FAMILIES:
+        raise FieldError("params.family", "a corrupted dataset family: " + ", ".join(sorted(FAMILIES)), p.family)
+    members = [DATASETS.get(n) for n in FAMILIES[p.family]]
+    known = sorted({m.corruption for m in members}, key=[m.corruption for m in members].index)
+    for i, c in enumerate(p.corruptions):
+        if c not in known:
+            raise FieldError(f"params.corruptions[{i}]", f"a corruption of {p.family}: " + ", ".join(known), c)
+    if p.split not in members[0].splits:
+        raise FieldError("params.split", f"a split role of {p.family}: " + ", ".join(members[0].splits), p.split)
+
+
+def _averages(p: CovariateShiftParams, wanted, grid, sizes) -> list:
+    """Unweighted means over the grid: overall, per severity, per corruption (see the kind's docstring)."""
+    rows = []
+    for m in wanted:
+        cells = [(c, s, grid[c][s][m]) for c in p.corruptions for s in p.severities]
+        rows.append(summary_row(p.family, p.split, m, np.mean([v for *_, v in cells]), sum(sizes.values())))
+        for s in p.severities:
+            at = [v for _, s2, v in cells if s2 == s]
+            n = sum(sizes[(c, s)] for c in p.corruptions)
+            rows.append(summary_row(p.family, p.split, f"severity_{s}/{m}", np.mean(at), n))
+        for c in p.corruptions:
+            of = [v for c2, _, v in cells if c2 == c]
+            n = sum(sizes[(c, s)] for s in p.severities)
+            rows.append(summary_row(p.family, p.split, f"{c}/{m}", np.mean(of), n))
+    return rows
+
+
+def corruption_errors(grid: dict, reference_errors: Mapping[str, float]) -> dict[str, float]:
+    """Corruption error CE_c = (1 - mean_s accuracy[c][s]) / reference_error[c] (spec §5).
+
+    mCE is the mean of CE_c over corruptions. Example: accuracies 0.9 and 0.7 at two severities
+    and a reference error 0.8 give CE = (1 - 0.8) / 0.8 = 0.25.
+    """
+    out = {}
+    for c, ref_err in reference_errors.items():
+        accuracies = [v["accuracy"] for v in grid[c].values()]
+        out[c] = (1.0 - float(np.mean(accuracies))) / ref_err if accuracies else math.nan
+    return out

@@ -1,0 +1,473 @@
+"""Run a suite over models and write the results directory (plexbench.tasks.results).
+
+Per model, in the suite's task order:
+
+1. which tasks apply: the task's `models:` filter, and the model's class count must equal the
+   task's (`TaskKind.num_classes`: the dataset's K, or len(classes) under a class filter);
+2. reuse: a finished `tasks/<task>/<model>.json` whose `inputs_sha256` equals the current one
+   (task spec and version, model identity, data fingerprints, --limit, dtype, seed, plexbench
+   version) is kept as it is, without any inference;
+3. inference, planned over all the model's tasks: each (dataset, split, preprocessing) is inferred
+   once, over the largest example prefix any task needs, with pre-logits if any task needs them,
+   through the prediction store (so a second run does no inference at all);
+4. the kind's `evaluate` on those predictions; the task JSON is written atomically at once, so an
+   interrupted run keeps every finished (task, model) and resumes after it.
+
+`metrics_long.csv` (every task JSON of the suite's tasks in the directory, earlier models included)
+is rewritten after each model and at the end; `run.json` at the end.
+
+Smoke mode `limit=N`: every split is cut to its first N examples, and so is every subset a
+protocol reads (the Mahalanobis fit, a grouping's fit set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from plexbench import __version__, fileio, paths
+from plexbench.errors import PlexbenchError
+from plexbench.tasks import registry as R
+from plexbench.tasks import results as RS
+from plexbench.tasks.kinds.base import EvalContext, Need, Split
+from plexbench.tasks.sources import FileModel, InferenceModel, ModelSource, Request, split_from_arrays
+from plexbench.tasks.spec import SuiteSpec, TaskSpec
+
+
+@dataclass
+class RunOptions:
+    """Everything `plexbench run` takes (see plexbench.commands.run for the flags)."""
+
+    suite: str
+    out_dir: Path
+    models: tuple[str, ...] = ()
+    checkpoints: Mapping[str, str] = field(default_factory=dict)
+    callables: tuple[str, ...] = ()
+    predictions: Mapping[str, str] = field(default_factory=dict)
+    tasks: tuple[str, ...] | None = None
+    data_dir: Path | None = None
+    store_dir: Path | None = None
+    tasks_dir: Path | None = None
+    batch_size: int = 256
+    limit: int | None = None
+    dtype: str = "float32"
+    seed: int = 0
+    skip_missing: bool = False
+    verbose: bool = True
+
+
+@dataclass
+class RunReport:
+    out_dir: Path
+    computed: list[tuple[str, str]] = field(default_factory=list)  # (task, model)
+    reused: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- models
+
+def make_sources(options: RunOptions) -> list[ModelSource]:
+    """Model sources from --models (+ --checkpoint), --model (callables) and --predictions."""
+    from plexbench.inference import handle_from_callable, handle_from_registry
+
+    unknown = sorted(set(options.checkpoints) - set(options.models))
+    if unknown:
+        raise PlexbenchError(f"--checkpoint given for {', '.join(unknown)}, which is not in --models")
+    sources: list[ModelSource] = []
+    for name in options.models:
+        from plexbench.models.registry import get_model
+
+        entry = get_model(name)
+        classes = getattr(entry, "classes", None)
+        if classes is not None and tuple(classes) != tuple(range(len(classes))):
+            # Tasks compare logit j with dataset label j (class filters never renumber labels).
+            raise PlexbenchError(f"model '{name}' predicts dataset labels {list(classes)} in logit order; "
+                                 "plexbench tasks need logit j to be label j (classes 0..K-1)")
+        handle = handle_from_registry(name, options.checkpoints.get(name))
+        sources.append(InferenceModel(handle, "registry", config=entry.config))
+    sources += [InferenceModel(handle_from_callable(spec), "callable") for spec in options.callables]
+    sources += [FileModel(name, where) for name, where in options.predictions.items()]
+    return sources
+
+
+def _check_unique(sources: Sequence[ModelSource]) -> None:
+    names = [s.name for s in sources]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PlexbenchError(f"model name(s) given twice: {', '.join(twice)}")
+    if not names:
+        raise PlexbenchError("no models: pass --models NAMES, --model MODULE:FUNCTION or --predictions NAME=DIR")
+
+
+# --------------------------------------------------------------------------- planning
+
+def need_limit(need: Need, options: RunOptions) -> int | None:
+    """Examples a need reads from the start of its split: its protocol limit and --limit, whichever is smaller."""
+    given = [x for x in (need.ref.limit, options.limit) if x is not None]
+    return min(given) if given else None
+
+
+def plan_requests(tasks: Sequence[TaskSpec], options: RunOptions) -> dict[tuple, Request]:
+    """One Request per (dataset, split, preprocess prefix): the largest prefix and pre-logits if any need wants them."""
+    plan: dict[tuple, Request] = {}
+    for task in tasks:
+        for need in R.get_kind(task.kind).needs(task):
+            n = need_limit(need, options)
+            req = Request(need.ref.name, need.ref.split, need.ref.preprocess, n, need.pre_logits)
+            old = plan.get(req.key)
+            if old is not None:
+                n = None if old.n is None or n is None else max(old.n, n)
+                req = dataclasses.replace(req, n=n, pre_logits=old.pre_logits or need.pre_logits)
+            plan[req.key] = req
+    return plan
+
+
+class ModelPredictions:
+    """A model's predictions for a run, computed on first use and kept for the model's tasks."""
+
+    def __init__(self, model: ModelSource, plan: dict[tuple, Request], options: RunOptions, timings: list):
+        self.model, self.plan, self.options, self.timings = model, plan, options, timings
+        self._cache: dict[tuple, object] = {}
+
+    def request_for(self, need: Need) -> Request:
+        return self.plan[(need.ref.name, need.ref.split, need.ref.preprocess)]
+
+    def split(self, need: Need) -> Split:
+        request = self.request_for(need)
+        if request.key not in self._cache:
+            started = time.perf_counter()
+            self._cache[request.key] = self.model.predictions(request, options=self.options)
+            self.timings.append({"model": self.model.name, "dataset": request.dataset, "split": request.split,
+                                 "preprocess_prefix": request.prefix, "n": request.n,
+                                 "seconds": round(time.perf_counter() - started, 3)})
+        return split_from_arrays(need.ref, self._cache[request.key], need_limit(need, self.options))
+
+    def release(self, keys) -> None:
+        """Drop cached predictions no later task needs (bounds memory on large suites)."""
+        for key in keys:
+            self._cache.pop(key, None)
+
+    def num_classes(self, task: TaskSpec) -> int:
+        """K of the model, running its first need of `task` when K is not known beforehand."""
+        k = self.model.num_classes()
+        if k is None:
+            first = R.get_kind(task.kind).needs(task)[0]
+            k = int(self.split(first).log_probs.shape[1])
+        return k
+
+
+# --------------------------------------------------------------------------- data
+
+def data_fingerprint(name: str, split: str, data_dir) -> str:
+    """plexbench.data.load.dataset_fingerprint of a prepared split, or 'unprepared'."""
+    from plexbench.data import registry as D
+    from plexbench.data.load import dataset_fingerprint
+
+    if not D.is_available(name, data_dir):
+        return "unprepared"
+    return dataset_fingerprint(name, split, data_dir)
+
+
+def missing_datasets(tasks: Sequence[TaskSpec], data_dir) -> dict[str, list[str]]:
+    """Dataset name -> tasks needing it, for datasets not prepared in `data_dir`."""
+    from plexbench.data import registry as D
+
+    out: dict[str, list[str]] = {}
+    for task in tasks:
+        for name, _ in R.get_kind(task.kind).datasets(task):
+            if not D.is_available(name, data_dir):
+                out.setdefault(name, []).append(task.name)
+    return out
+
+
+def prepare_embedded(names: Sequence[str], data_dir) -> list[str]:
+    """Prepare the embedded datasets among `names` (offline); returns the names still missing."""
+    from plexbench.data import registry as D
+
+    left = []
+    for name in names:
+        if D.get_dataset(name).embedded:
+            from plexbench.data.prepare import prepare
+
+            prepare(name, paths.data_dir(data_dir))
+        else:
+            left.append(name)
+    return left
+
+
+# --------------------------------------------------------------------------- running
+
+def run(options: RunOptions, extra_models: Sequence[ModelSource] = (), context: EvalContext | None = None
+        ) -> RunReport:
+    """Run the suite over every model; see the module docstring. Returns what was done.
+
+    `extra_models`: sources built by the caller (e.g. a ModelHandle wrapped in InferenceModel);
+    `context`: the EvalContext kinds read dataset arrays through (default: one over options.data_dir).
+    """
+    started = time.perf_counter()
+    suite, tasks = load_suite_tasks(options)
+    sources = make_sources(options) + list(extra_models)
+    _check_unique(sources)
+    out = Path(options.out_dir)
+    report = RunReport(out)
+    missing = _ensure_data(tasks, sources, options)
+    previous = _read_json(out / "run.json")
+    ctx = context or EvalContext(data_dir=options.data_dir, limit=options.limit)
+    inference_timings: list[dict] = []
+    task_timings: list[dict] = []
+    models_info: dict[str, dict] = {}
+    for model in sources:
+        candidates = [t for t in tasks if _skip_reason(t, model, R.get_kind(t.kind), missing) is None]
+        preds = ModelPredictions(model, plan_requests(candidates, options), options, inference_timings)
+        last_use = _last_use(tasks, preds)
+        for i, task in enumerate(tasks):
+            _run_one(task, model, preds, options, ctx, missing, report, task_timings)
+            preds.release([key for key, last in last_use.items() if last == i])
+        models_info[model.name] = _model_info(model, previous, options)
+        _write_long(out, suite, tasks)
+    report.seconds = time.perf_counter() - started
+    _write_run_json(out, suite, tasks, sources, models_info, previous, options, report,
+                    inference_timings, task_timings)
+    _write_long(out, suite, tasks)
+    return report
+
+
+def _last_use(tasks: Sequence[TaskSpec], preds: ModelPredictions) -> dict[tuple, int]:
+    """Request key -> index of the last task (suite order) that reads it."""
+    out: dict[tuple, int] = {}
+    for i, task in enumerate(tasks):
+        for need in R.get_kind(task.kind).needs(task):
+            key = (need.ref.name, need.ref.split, need.ref.preprocess)
+            if key in preds.plan:
+                out[key] = i
+    return out
+
+
+def load_suite_tasks(options: RunOptions) -> tuple[SuiteSpec, list[TaskSpec]]:
+    suite, tasks = R.load_suite(options.suite, options.tasks_dir)
+    if options.tasks:
+        names = [t.name for t in tasks]
+        unknown = [t for t in options.tasks if t not in names]
+        if unknown:
+            raise PlexbenchError(f"--tasks: {', '.join(unknown)} not in suite {suite.name} "
+                                 f"(it has: {', '.join(names)})")
+        tasks = [t for t in tasks if t.name in options.tasks]
+    return suite, tasks
+
+
+def _ensure_data(tasks, sources, options) -> dict[str, list[str]]:
+    """Prepare missing embedded datasets; missing others raise, or are returned when skip_missing.
+
+    Models given by prediction files need the data only for kinds that read it themselves
+    (`TaskKind.reads_data`: soft labels, images for groupings)."""
+    if not any(isinstance(s, InferenceModel) for s in sources):
+        tasks = [t for t in tasks if R.get_kind(t.kind).reads_data]
+    missing = missing_datasets(tasks, options.data_dir)
+    if not missing:
+        return {}
+    left = prepare_embedded(sorted(missing), options.data_dir)
+    missing = {name: missing[name] for name in left}
+    if missing and not options.skip_missing:
+        raise PlexbenchError(f"{len(missing)} dataset(s) not prepared in {paths.data_dir(options.data_dir)}: "
+                             f"{', '.join(sorted(missing)[:6])}{' ...' if len(missing) > 6 else ''}; "
+                             f"see `plexbench run --suite {options.suite} --dry-run` for how to prepare them, "
+                             "or pass --skip-missing to run the other tasks")
+    return missing
+
+
+def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report: RunReport, timings) -> None:
+    """Reuse, skip or compute one (task, model) result; a computed one is written at once."""
+    kind = R.get_kind(task.kind)
+    path = RS.task_result_path(options.out_dir, task.name, model.name)
+    skip = _skip_reason(task, model, kind, missing)
+    if skip is None:
+        inputs_sha = inputs_fingerprint(task, model, options)
+        old = RS.read_task_result(path)
+        if old is not None and old.get("inputs_sha256") == inputs_sha:
+            report.reused.append((task.name, model.name))
+            timings.append({"task": task.name, "model": model.name, "seconds": 0.0, "reused": True})
+            return
+        k = preds.num_classes(task)
+        skip = _class_mismatch(task, kind, k)
+    if skip is not None:
+        report.skipped.append({"task": task.name, "model": model.name, "reason": skip})
+        _say(options, f"skip {task.name} for {model.name}: {skip}")
+        return
+    started = time.perf_counter()
+    inputs = {need.role: preds.split(need) for need in kind.needs(task)
+              if not (need.optional and model.missing(preds.request_for(need)))}
+    result = kind.evaluate(task, inputs, ctx)
+    seconds = time.perf_counter() - started
+    RS.write_task_result(path, _task_doc(task, model, result, k, inputs_sha, options, seconds))
+    report.computed.append((task.name, model.name))
+    timings.append({"task": task.name, "model": model.name, "seconds": round(seconds, 3), "reused": False})
+    _say(options, f"{task.name} / {model.name}: {len(result.rows)} metrics in {seconds:.1f} s")
+
+
+def _class_mismatch(task, kind, k: int) -> str | None:
+    """Why a model with k classes does not fit the task, or None."""
+    need_k = kind.num_classes(task)
+    if need_k is not None and k != need_k:
+        return f"model has {k} classes, the task {need_k}"
+    if task.models is not None and task.models.num_classes is not None and task.models.num_classes != k:
+        return f"task is for models with {task.models.num_classes} classes, this one has {k}"
+    return None
+
+
+def _skip_reason(task, model: ModelSource, kind, missing) -> str | None:
+    """Why `task` does not run for `model` (decided without inference), or None."""
+    if task.models is not None and task.models.names is not None and model.name not in task.models.names:
+        return f"task is for models {', '.join(task.models.names)}"
+    known_k = model.num_classes()
+    if task.models is not None and known_k is not None and not task.models.accepts(model.name, known_k):
+        return f"task is for models with {task.models.describe()}; this one has {known_k} classes"
+    need_k = kind.num_classes(task)
+    if known_k is not None and need_k is not None and known_k != need_k:
+        return f"model has {known_k} classes, the task {need_k}"
+    absent = sorted({name for name, _ in kind.datasets(task) if name in missing})
+    if absent and (isinstance(model, InferenceModel) or kind.reads_data):
+        return f"dataset(s) not prepared: {', '.join(absent)}"
+    for need in kind.needs(task):
+        why = model.missing(Request(need.ref.name, need.ref.split, need.ref.preprocess, None))
+        if why and not need.optional:
+            return why
+    return None
+
+
+def inputs_fingerprint(task: TaskSpec, model: ModelSource, options: RunOptions) -> str:
+    """sha256 of everything a (task, model) result depends on (module docstring, step 2)."""
+    kind = R.get_kind(task.kind)
+    data = {f"{name}:{split}": data_fingerprint(name, split, options.data_dir) for name, split in kind.datasets(task)}
+    return fileio.sha256_json({"task": task.to_dict(), "model": model.identity(), "data": data,
+                               "limit": options.limit, "dtype": options.dtype, "seed": options.seed,
+                               "plexbench": __version__})
+
+
+def _task_doc(task, model, result, k, inputs_sha, options, seconds) -> dict:
+    dataset = result.dataset or task.dataset.label
+    split = result.split or task.dataset.split
+    return {
+        "task": task.name, "kind": task.kind, "version": task.version, "model": model.name,
+        "dataset": dataset, "split": split, "metrics": RS.metrics_map(result.rows, dataset),
+        "rows": RS.rows_to_json(result.rows), "curves": result.curves, "info": result.info,
+        "num_classes": k, "bootstrap": task.bootstrap, "limit": options.limit,
+        "inputs_sha256": inputs_sha, "seconds": round(seconds, 3),
+    }
+
+
+def _model_info(model: ModelSource, previous: dict, options) -> dict:
+    """run.json facts of a model (InferenceModel costs are cached in the store, see InferenceModel.cost;
+    the previous run.json's numbers for the same identity are the fallback)."""
+    if isinstance(model, InferenceModel):
+        old = (previous.get("models") or {}).get(model.name) or {}
+        known = old if old.get("identity") == model.identity() else None
+        return model.info(options.store_dir, known)
+    return model.info()
+
+
+def _write_long(out: Path, suite: SuiteSpec, tasks: Sequence[TaskSpec]) -> None:
+    """metrics_long.csv from every task JSON of the suite's tasks in `out` (suite order, then model name)."""
+    rows = []
+    for task in tasks:
+        for path in sorted((out / "tasks" / task.name).glob("*.json")):
+            doc = RS.read_task_result(path)
+            if doc is not None:
+                rows += RS.long_rows(doc)
+    RS.write_long_csv(out / "metrics_long.csv", rows)
+
+
+def _write_run_json(out, suite, tasks, sources, models_info, previous, options, report, inference, task_timings):
+    from plexbench.provenance import provenance
+
+    models = dict(previous.get("models") or {})
+    models.update(models_info)
+    datasets = {}
+    for task in tasks:
+        for name, split in R.get_kind(task.kind).datasets(task):
+            datasets[f"{name}:{split}"] = data_fingerprint(name, split, options.data_dir)
+    doc = {
+        "provenance": provenance(),
+        "suite": {"name": suite.name, "version": suite.version, "path": str(suite.path),
+                  "sha256": fileio.sha256_file(suite.path), "tasks": [t.name for t in tasks]},
+        "tasks": {t.name: {"kind": t.kind, "version": t.version, "sha256": fileio.sha256_file(t.path),
+                           "spec": t.to_dict()} for t in tasks},
+        "models": models,
+        "datasets": datasets,
+        "seeds": {"inference": options.seed, "tasks": {t.name: t.seed for t in tasks}},
+        "options": {"limit": options.limit, "batch_size": options.batch_size, "dtype": options.dtype,
+                    "data_dir": str(paths.data_dir(options.data_dir)),
+                    "store_dir": str(paths.store_dir(options.store_dir)),
+                    "checkpoints": dict(options.checkpoints)},
+        "timings": {"total_s": round(report.seconds, 3), "inference": inference, "tasks": task_timings},
+        "computed": [list(x) for x in report.computed],
+        "reused": [list(x) for x in report.reused],
+        "skipped": report.skipped,
+    }
+    fileio.write_json(out / "run.json", doc)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _say(options: RunOptions, line: str) -> None:
+    if options.verbose:
+        print(line, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- dry run
+
+def dry_run(options: RunOptions) -> list[str]:
+    """Lines saying what `run` would do: every task, its datasets, which are missing and how to prepare them."""
+    from plexbench.data import registry as D
+    from plexbench.table import format_table
+
+    suite, tasks = load_suite_tasks(options)
+    data_dir = paths.data_dir(options.data_dir)
+    missing = missing_datasets(tasks, data_dir)
+    rows = []
+    for task in tasks:
+        names = list(dict.fromkeys(n for n, _ in R.get_kind(task.kind).datasets(task)))
+        absent = [n for n in names if n in missing]
+        rows.append({"task": task.name, "kind": task.kind, "version": task.version,
+                     "models": task.models.describe() if task.models else "all",
+                     "datasets": _compact(names), "missing": _compact(absent) if absent else "-"})
+    lines = [f"suite {suite.name} (version {suite.version}): {len(tasks)} tasks; data dir {data_dir}",
+             format_table(rows)]
+    if missing:
+        lines.append("missing datasets:")
+        groups: dict[str, list[str]] = {}
+        for name in sorted(missing):
+            groups.setdefault(D.get_dataset(name).family or name, []).append(name)
+        for label, names in groups.items():
+            info = D.get_dataset(names[0])
+            target = label if len(names) > 1 or info.family else names[0]
+            shown = f"{label}/* ({len(names)} datasets)" if info.family else label
+            how = ("prepared automatically by `plexbench run` (embedded, offline)" if info.embedded else
+                   f"plexbench data prepare {target} --data-dir {data_dir} ({info.prepare_hint})")
+            lines.append(f"  {shown}: {how}")
+    else:
+        lines.append("every dataset is prepared")
+    models = list(options.models) + list(options.callables) + list(options.predictions)
+    lines.append(f"models: {', '.join(models) or '(none given)'}")
+    return lines
+
+
+def _compact(names: Sequence[str]) -> str:
+    """Family members collapse to `family/* (count)`."""
+    out: dict[str, int] = {}
+    for n in names:
+        key = f"{n.split('/', 1)[0]}/*" if "_corrupted/" in n else n
+        out[key] = out.get(key, 0) + 1
+    return ", ".join(k if c == 1 and not k.endswith("/*") else f"{k} ({c})" for k, c in out.items())
