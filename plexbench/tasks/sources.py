@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import math
@@ -92,7 +93,7 @@ def _min_limit(*limits: int | None) -> int | None:
     return min(given) if given else None
 
 
-class ModelSource:
+class ModelSource(abc.ABC):
     """Base: a named model whose predictions on dataset splits can be had."""
 
     name: str
@@ -102,12 +103,13 @@ class ModelSource:
         """K when known without running anything, else None."""
         return None
 
+    @abc.abstractmethod
     def identity(self) -> dict:
-        raise NotImplementedError
+        """What determines the model's outputs (part of every result's cache key)."""
 
+    @abc.abstractmethod
     def predictions(self, request: Request, *, options) -> dict[str, np.ndarray]:
         """Prediction-format-v1 arrays (`labels` included) of the request's split, at least its first n rows."""
-        raise NotImplementedError
 
     def missing(self, request: Request) -> str | None:
         """Why the request cannot be served (None if it can) without computing anything."""

@@ -8,6 +8,7 @@ Kinds never run a model and never read files except through `EvalContext`.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,7 @@ class EvalContext:
         return None if key not in arrays else np.asarray(arrays[key])[ids]
 
 
-class TaskKind:
+class TaskKind(abc.ABC):
     """Base of every kind; subclasses are registered with plexbench.tasks.registry.register_kind."""
 
     name: str = ""
@@ -140,8 +141,9 @@ class TaskKind:
         """Default: the model's predictions on the task's dataset."""
         return [Need("eval", task.dataset)]
 
+    @abc.abstractmethod
     def evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
-        raise NotImplementedError
+        """The task's metrics and curves from the model's predictions on its needs."""
 
     def datasets(self, task: TaskSpec) -> list[tuple[str, str]]:
         """(dataset, split role) pairs the task reads: its needs, plus what `evaluate` loads itself."""
