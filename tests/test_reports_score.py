@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy.stats import rankdata
 
 from plexbench.errors import PlexbenchError
-from plexbench.reports.columns import Column, parse_column, shot_count
+from plexbench.reports.columns import Column, is_shot_metric, parse_column, shot_count
 from plexbench.reports.reliability_score import (
     category,
     compute_score,
@@ -262,6 +262,22 @@ def test_shift_variants_give_way_to_their_family_average():
     assert any(e["dataset"] == "A_corrupted/snow_3" and "family" in e["reason"] for e in r.excluded)
 
 
+def test_breakdowns_of_a_family_average_are_not_scored():
+    row = long_table().iloc[:1]  # mA accuracy@A
+    extra = pd.concat([row.assign(dataset="A_corrupted", value=0.5),
+                       row.assign(dataset="A_corrupted", metric="severity_3/accuracy", value=0.4),
+                       row.assign(dataset="A_corrupted", metric="shot_noise/accuracy", value=0.3),
+                       row.assign(dataset="A_corrupted", metric="snow/ece", value=0.2)], ignore_index=True)
+    for preset in ("paper", "plexbench"):
+        r = compute_score(pd.concat([long_table(), extra], ignore_index=True), preset=preset, num_classes=K)
+        scored = {s.key for s in r.columns}
+        assert "accuracy@A_corrupted" in scored
+        assert not {"severity_3/accuracy@A_corrupted", "shot_noise/accuracy@A_corrupted"} & scored
+        # no overall ece at A_corrupted: its only breakdown stands for it
+        assert "snow/ece@A_corrupted" in scored
+        assert {s.category for s in r.columns if s.column.dataset == "A_corrupted"} == {"prediction", "uncertainty"}
+
+
 def test_conflicting_duplicates_raise_identical_ones_collapse():
     long = long_table()
     same = pd.concat([long, long.iloc[:1].assign(task="other")], ignore_index=True)
@@ -272,6 +288,8 @@ def test_conflicting_duplicates_raise_identical_ones_collapse():
 
 
 def test_column_names_and_shots():
+    assert not is_shot_metric("shot_noise/accuracy") and is_shot_metric("fewshot/5shot/prec@1")
+    assert category("shot_noise/accuracy", "paper") == "prediction"
     assert parse_column("prec@1@cifar10") == Column("prec@1", "cifar10")
     assert parse_column("oc_acc@0.01@fashion_mnist") == Column("oc_acc@0.01", "fashion_mnist")
     with pytest.raises(PlexbenchError, match="METRIC@DATASET"):

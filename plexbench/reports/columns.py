@@ -61,9 +61,15 @@ _COUNT_SHOT = re.compile(r"(\d+)[-_ ]?shots?(?![a-z])", re.IGNORECASE)  # 5shot,
 _SHOT_COUNT = re.compile(r"shots?[-_/= ]?(\d+)(?![\d.])", re.IGNORECASE)  # shot5, shots_5, shot=5
 
 
+# 'shot' as in few-shot, not the ImageNet-C corruption `shot_noise` (a covariate-shift breakdown
+# such as `shot_noise/accuracy` is a prediction metric, not adaptation).
+_FEW_SHOT = re.compile(r"shot(?!_noise)", re.IGNORECASE)
+
+
 def is_shot_metric(metric: str) -> bool:
-    """True when the metric comes from a few-shot protocol: its name contains 'shot' (spec §7)."""
-    return "shot" in metric.lower()
+    """True when the metric comes from a few-shot protocol: its name contains 'shot' (spec §7),
+    other than in the corruption name `shot_noise`."""
+    return _FEW_SHOT.search(metric) is not None
 
 
 def shot_count(metric: str) -> int | None:

@@ -42,7 +42,11 @@ Common rules:
 - a shifted variant `family/variant` (e.g. `cifar10_corrupted/snow_3`) is not scored when
   the same metric is reported for the family average (`cifar10_corrupted`): the average
   already stands for the family, and 75 cells would otherwise outweigh everything else;
-  variants without an average (e.g. `imagenet_v2/matched-frequency`) are scored;
+  variants without an average (e.g. `imagenet_v2/matched-frequency`) are scored; for the same
+  reason the breakdowns of a family average (`severity_3/accuracy`, `snow/accuracy` at
+  `cifar10_corrupted`) are not scored when the overall `accuracy@cifar10_corrupted` is present
+  (the paper scores ImageNet-C by its average over corruptions and severities, spec §5);
+- 'shot' in a metric name means few-shot, except in the corruption name `shot_noise`;
 - K for loss/nll: the `num_classes` override argument, else a `num_classes` column of the
   long CSV, else `plexbench.data.registry.get_dataset(name).num_classes`; a shifted dataset
   `family/variant` and an average `x_corrupted` fall back to `family` and `x`;
@@ -242,7 +246,8 @@ def describe_presets() -> dict[str, dict]:
                            "prediction": "loss, nll, brier, mce, accuracy, prec@1, subpop/*",
                            "uncertainty": "everything else (calibration, selective prediction, OOD, label uncertainty)"},
         },
-        "common": {"dropped": "1-shot columns; shifted variants family/x whose family average is present", "num_classes": "K for loss/nll: override > num_classes column > dataset registry",
+        "common": {"dropped": "1-shot columns; shifted variants family/x whose family average is present, and "
+                              "breakdowns group/metric@family (per severity, per corruption) whose metric@family is present", "num_classes": "K for loss/nll: override > num_classes column > dataset registry",
                    "baseline": "normalised value / baseline's normalised value per column (0, or <= 0 for plexbench, -> NaN)",
                    "scale": "x100"},
     }
@@ -390,12 +395,15 @@ def plan_columns(columns: Sequence[Column], preset: Preset, *, include: Sequence
     """Split columns into scored ones (with their normalisation and category) and excluded ones.
 
     `include` / `exclude`: fnmatch patterns on `metric@dataset`; a column must match some
-    include pattern (when given) and no exclude pattern. Besides, 1-shot columns and the
-    cells of a shift family (`family/variant`) whose average `metric@family` is also present
+    include pattern (when given) and no exclude pattern. Besides, 1-shot columns, the
+    cells of a shift family (`family/variant`) whose average `metric@family` is also present,
+    and the breakdowns `group/metric@family` of such an average (per severity, per corruption)
     are excluded (each with its reason).
     """
     scored, excluded = [], []
     present = set(columns)
+    families = {c.dataset.split("/", 1)[0] for c in columns if "/" in c.dataset}
+    families |= {c.dataset for c in columns if c.dataset.endswith("_corrupted")}
     for col in columns:
         text = str(col)
         family = col.dataset.split("/", 1)[0]
@@ -408,6 +416,10 @@ def plan_columns(columns: Sequence[Column], preset: Preset, *, include: Sequence
             reason = "1-shot column (dropped as in the paper)"
         elif family != col.dataset and Column(col.metric, family) in present:
             reason = f"one shifted variant; the average over the family ({family}) is scored instead"
+        elif col.dataset in families and "/" in col.metric and \
+                Column(col.metric.rsplit("/", 1)[1], col.dataset) in present:
+            overall = col.metric.rsplit("/", 1)[1]
+            reason = f"a breakdown of the family average; {overall}@{col.dataset} is scored instead"
         if reason:
             excluded.append({"metric": col.metric, "dataset": col.dataset, "reason": reason})
             continue
