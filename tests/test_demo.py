@@ -107,6 +107,19 @@ def test_groups_by_number_of_classes(results):
     assert [g.models for g in report_md.model_groups(long.drop(columns="num_classes"))] == [("a", "b", "c")]
 
 
+def test_few_shot_rows_do_not_move_a_model_to_another_group():
+    import pandas as pd
+
+    # c is a 6-class model; its few-shot probe rows on a 10-class target carry K = 10
+    long = pd.DataFrame({"model": ["a", "c", "c", "c"], "dataset": ["x", "x6", "digits", "digits"],
+                         "metric": ["accuracy", "accuracy", "fewshot/5shot/prec@1", "fewshot/5shot/nll"],
+                         "num_classes": [10, 6, 10, 10]})
+    assert [(g.title, g.models) for g in report_md.model_groups(long)] == [
+        ("10-class models", ("a",)), ("6-class models", ("c",))]
+    only_probes = long[long.metric.str.startswith("fewshot") | (long.model == "a")]
+    assert [(g.title, g.models) for g in report_md.model_groups(only_probes)] == [("10-class models", ("a", "c"))]
+
+
 def test_score_tables_match_hand_computed_scores(results):
     text = report_md.render_report(results)
     ten = _section(text, "### 10-class models")

@@ -40,7 +40,7 @@ def test_embedded_suite_content():
     suite, tasks = R.load_suite("embedded", TASKS)
     kinds = {t.kind for t in tasks}
     assert kinds == {"in_distribution", "calibration", "selective_prediction", "covariate_shift",
-                     "subpopulation", "ood"}
+                     "subpopulation", "ood", "few_shot"}
     shift = next(t for t in tasks if t.kind == "covariate_shift")
     assert len(shift.params.corruptions) == 15 and shift.params.severities == (1, 2, 3, 4, 5)
     open_set = next(t for t in tasks if t.name == "fmnist_open_set")
@@ -48,6 +48,8 @@ def test_embedded_suite_content():
     assert open_set.params.ood[0].classes == (6, 7, 8, 9) and open_set.dataset.classes == (0, 1, 2, 3, 4, 5)
     digits = next(t for t in tasks if t.name == "fmnist_ood_digits")
     assert digits.params.ood[0].preprocess == "resize(28)" and digits.params.fit_limit == 10000
+    few = next(t for t in tasks if t.kind == "few_shot")
+    assert few.params.shots == (1, 5, 10, 25) and few.params.l2 is None and len(few.params.datasets) == 1
 
 
 def _write(tmp_path: Path, text: str, name: str = "bad.yaml") -> Path:
@@ -173,7 +175,7 @@ def test_listing_rows():
     assert by_name["fmnist_open_set"]["models"] == "num_classes 6"
     assert by_name["fmnist_open_set"]["suites"] == "embedded"
     suites = {r["suite"]: r for r in R.list_suite_rows(argparse.Namespace(tasks_dir=None))}
-    assert suites["embedded"]["tasks"] == 8
+    assert suites["embedded"]["tasks"] == 9
 
 
 def test_cli_bad_task_file_exits_2(tmp_path, capsys):

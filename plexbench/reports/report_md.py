@@ -45,7 +45,7 @@ import pandas as pd
 from plexbench import fileio
 from plexbench.errors import PlexbenchError
 from plexbench.reports import reliability_score, tables
-from plexbench.reports.columns import direction
+from plexbench.reports.columns import direction, is_shot_metric
 from plexbench.reports.results import Results, load_results
 
 REPORT_NAME = "report.md"
@@ -139,7 +139,8 @@ def read_demo_json(results_dir: str | Path) -> dict:
 
 
 def model_groups(long: pd.DataFrame) -> list[ModelGroup]:
-    """Models grouped by their number of classes (the `num_classes` column), see the module docstring.
+    """Models grouped by their number of classes (the `num_classes` column of their rows other than
+    few-shot rows), see the module docstring.
 
     Groups are ordered by the first appearance of their first model; models keep their order of
     first appearance. The slug is the dataset of the group's first row (e.g. `fashion_mnist`,
@@ -153,7 +154,11 @@ def model_groups(long: pd.DataFrame) -> list[ModelGroup]:
     models = list(dict.fromkeys(long["model"]))
     if "num_classes" not in long.columns or long["num_classes"].isna().any():
         return [ModelGroup(_slug(str(long["dataset"].iloc[0])), "all models", tuple(models))]
+    # A few-shot row's K is its probe's (the target dataset's classes), not the model's: a
+    # model's K comes from its other rows when it has any.
+    own = long[~long["metric"].map(is_shot_metric)]
     k_of = {m: int(k) for m, k in zip(long["model"], long["num_classes"])}
+    k_of.update({m: int(k) for m, k in zip(own["model"], own["num_classes"])})
     first_dataset = {m: d for m, d in zip(long["model"][::-1], long["dataset"][::-1])}  # first row wins
     by_k: dict[int, list[str]] = {}
     for m in models:

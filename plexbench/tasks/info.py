@@ -27,7 +27,8 @@ def task_info(name: str, tasks_dir=None) -> str:
     lines.append(f"metrics      {', '.join(selected(task, kind))}")
     lines.append(f"bootstrap    {task.bootstrap} resamples (seed {task.seed})" if task.bootstrap else
                  "bootstrap    none (no intervals)")
-    lines.append(f"models       {task.models.describe() if task.models else 'all with the right class count'}")
+    default_models = "all with the right class count" if kind.num_classes(task) is not None else "all"
+    lines.append(f"models       {task.models.describe() if task.models else default_models}")
     lines.append(f"suites       {', '.join(suites) or '-'}")
     if dataclasses.is_dataclass(task.params) and dataclasses.fields(task.params):
         lines.append("params")

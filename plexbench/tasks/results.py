@@ -38,7 +38,8 @@ def safe_name(model: str) -> str:
 
 def rows_to_json(rows: Iterable[MetricRow]) -> list[dict]:
     return [{"dataset": r.dataset, "split": r.split, "metric": r.metric, "value": r.value, "n": r.n,
-             "ci_low": r.ci_low, "ci_high": r.ci_high} for r in rows]
+             "ci_low": r.ci_low, "ci_high": r.ci_high, **({} if r.num_classes is None else {"num_classes": r.num_classes})}
+            for r in rows]
 
 
 def metrics_map(rows: Iterable[MetricRow], dataset: str) -> dict[str, float]:
@@ -62,10 +63,12 @@ def read_task_result(path: Path) -> dict | None:
 
 
 def long_rows(doc: dict) -> list[dict]:
-    """metrics_long.csv rows of one task JSON."""
+    """metrics_long.csv rows of one task JSON; `num_classes` is the row's own (a few-shot probe's
+    classes) or else the model's."""
     return [{"model": doc["model"], "task": doc["task"], "task_version": doc["version"], "dataset": r["dataset"],
              "split": r["split"], "metric": r["metric"], "value": r["value"], "ci_low": r.get("ci_low"),
-             "ci_high": r.get("ci_high"), "n": r["n"], "num_classes": doc.get("num_classes")}
+             "ci_high": r.get("ci_high"), "n": r["n"],
+             "num_classes": r.get("num_classes", doc.get("num_classes"))}
             for r in doc["rows"]]
 
 

@@ -79,6 +79,7 @@ class MetricRow:
     n: int
     ci_low: float = math.nan
     ci_high: float = math.nan
+    num_classes: int | None = None  # K behind the row when it is not the model's (a few-shot probe's classes)
 
 
 @dataclass
@@ -202,9 +203,10 @@ def measure(task: TaskSpec, ref: DatasetRef, metric: str, fn: Callable[..., floa
     return MetricRow(dataset or ref.label, ref.split, metric, value, int(len(arrays[0])), float(low), float(high))
 
 
-def summary_row(ref_label: str, split: str, metric: str, value: float, n: int) -> MetricRow:
+def summary_row(ref_label: str, split: str, metric: str, value: float, n: int,
+                num_classes: int | None = None) -> MetricRow:
     """A row without interval (averages over datasets, group summaries)."""
-    return MetricRow(ref_label, split, metric, float(value), int(n))
+    return MetricRow(ref_label, split, metric, float(value), int(n), num_classes=num_classes)
 
 
 def jsonable(obj: Any) -> Any:
