@@ -12,7 +12,8 @@ from plexbench.tasks.spec import TaskSpec
 @register_kind("in_distribution")
 class InDistribution(TaskKind):
     """accuracy = mean(argmax p == y) (ties: the lowest class index wins, as np.argmax);
-    nll = mean -log(clip(p_y, 1e-7)); brier = mean sum_k (p_k - onehot_k)^2; ece (15 bins) on
+    nll = mean -log p_y, exact from the log-probabilities (plexbench.metrics.nll;
+    Plex's clip at 1e-7 differs only where p_y < 1e-7); brier = mean sum_k (p_k - onehot_k)^2; ece (15 bins) on
     request (`metrics: [..., ece]`, e.g. for ImageNet-A/R/V2 as in spec §5)."""
 
     metrics = ("accuracy", "nll", "brier", "ece")
