@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-_DATA_DIR_HELP = "TFDS data dir (default: $TFDS_DATA_DIR or ~/.cache/plexbench/tensorflow_datasets)"
+from plexbench.commands import DATA_DIR_HELP
 
 
 def register(sub) -> None:
@@ -15,13 +15,13 @@ def register(sub) -> None:
         description="Prepare datasets into the TFDS data dir. NAME is a dataset, a family "
                     "(e.g. fashion_mnist_corrupted) or a quoted glob ('cifar10_corrupted/snow_*').")
     prep.add_argument("names", nargs="+", metavar="NAME")
-    prep.add_argument("--data-dir", help=_DATA_DIR_HELP)
+    prep.add_argument("--data-dir", help=DATA_DIR_HELP)
     prep.add_argument("--manual-dir", help="folder with manually downloaded files (ImageNet tars) for TFDS")
     prep.set_defaults(func=run_prepare)
 
     info = data_sub.add_parser("info", help="registry entry of a dataset, with example counts when prepared")
     info.add_argument("name", metavar="NAME")
-    info.add_argument("--data-dir", help=_DATA_DIR_HELP)
+    info.add_argument("--data-dir", help=DATA_DIR_HELP)
     info.add_argument("--fingerprint", action="store_true", help="also print each split's content hash")
     info.set_defaults(func=run_info)
 

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from plexbench.commands import DATA_DIR_HELP, STORE_HELP
 from plexbench.errors import PlexbenchError
+
 
 SUITE = "embedded"
 ZOO_MODELS = ("plex-mini", "det-mini", "plex-mini-fmnist6", "det-mini-fmnist6")
@@ -45,9 +47,8 @@ def register(sub) -> None:
                     "cached: a second run reuses the prepared data, the prediction store and the finished "
                     "task results.")
     p.add_argument("--out", metavar="DIR", help="results directory (default: results/embedded)")
-    p.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/.cache/plexbench/tensorflow_datasets)")
-    p.add_argument("--store", metavar="DIR", help="prediction store (default: $PLEXBENCH_STORE or "
-                                                  "~/.cache/plexbench/predictions)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--store", metavar="DIR", help=STORE_HELP)
     p.add_argument("--models", default=",".join(ZOO_MODELS), metavar="A,B,...",
                    help=f"registered models (default: {','.join(ZOO_MODELS)})")
     p.add_argument("--tasks", default="", metavar="T1,T2,...", help="only these tasks of the suite (default: all)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+from plexbench.commands import DATA_DIR_HELP
 from plexbench.table import format_table
 
 # What to list -> "module:function" returning a list of row dicts. Each area owns its function.
@@ -18,7 +19,7 @@ LISTERS = {
 def register(sub) -> None:
     p = sub.add_parser("list", help="list datasets, models, tasks or suites")
     p.add_argument("what", choices=sorted(LISTERS))
-    p.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/.cache/plexbench/tensorflow_datasets)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-_DATA_DIR_HELP = "TFDS data dir (default: $TFDS_DATA_DIR or ~/.cache/plexbench/tensorflow_datasets)"
+from plexbench.commands import DATA_DIR_HELP
 
 
 def register(sub) -> None:
@@ -29,7 +29,7 @@ def register(sub) -> None:
         description="Train a zoo model (plex-mini, det-mini, plex-mini-fmnist6, det-mini-fmnist6) from "
                     "its recipe and seed. Use --out plexbench/models/zoo_weights to refresh the shipped weights.")
     train.add_argument("name", metavar="NAME")
-    train.add_argument("--data-dir", help=_DATA_DIR_HELP)
+    train.add_argument("--data-dir", help=DATA_DIR_HELP)
     train.add_argument("--out", metavar="DIR", help="output folder (default: ~/.cache/plexbench/zoo_weights)")
     train.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps (smoke runs)")
     train.set_defaults(func=run_zoo_train)

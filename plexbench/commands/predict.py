@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import sys
 
+from plexbench.commands import DATA_DIR_HELP, STORE_HELP
 from plexbench.errors import PlexbenchError
-
-STORE_HELP = "prediction store (default: $PLEXBENCH_STORE or ~/.cache/plexbench/predictions)"
 
 
 def register(sub) -> None:
@@ -30,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="global batch size (rounded up to a multiple of the device count)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (outputs are stored as float32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the heteroscedastic head's sampling (default 0)")
-    p.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/.cache/plexbench/tensorflow_datasets)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--out", help="also write a prediction file (format v1, read by plexbench score)")
     p.add_argument("--no-pre-logits", action="store_true", help="do not store pre-logits (embeddings)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from plexbench.commands import DATA_DIR_HELP, STORE_HELP
 from plexbench.errors import PlexbenchError
 
 
@@ -29,9 +30,8 @@ def register(sub) -> None:
     p.add_argument("--tasks", default="", metavar="T1,T2,...", help="run only these tasks of the suite")
     p.add_argument("--out", metavar="DIR", help="results directory (default: results/<suite>)")
     p.add_argument("--dry-run", action="store_true", help="list the tasks and the missing datasets; run nothing")
-    p.add_argument("--data-dir",
-                   help="TFDS data dir (default: $TFDS_DATA_DIR or ~/.cache/plexbench/tensorflow_datasets)")
-    p.add_argument("--store", help="prediction store (default: $PLEXBENCH_STORE or ~/.cache/plexbench/predictions)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--tasks-dir", help="tasks directory (default: $PLEXBENCH_TASKS_DIR or <repo>/tasks)")
     p.add_argument("--batch-size", type=int, default=256, help="global inference batch size (default 256)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
