@@ -124,8 +124,7 @@ class FewShot(TaskKind):
         out = [(task.dataset, dataclasses.replace(task.dataset, split=p.train_split, limit=p.train_limit,
                                                   alias=None))]
         for ref in p.datasets:
-            test = DatasetRef(ref.name, ref.split, ref.classes, ref.preprocess, ref.limit, ref.alias)
-            out.append((test, dataclasses.replace(test, split=ref.train_split, limit=ref.train_limit, alias=None)))
+            out.append((ref, dataclasses.replace(ref, split=ref.train_split, limit=ref.train_limit, alias=None)))
         return out
 
     def needs(self, task: TaskSpec) -> list[Need]:
@@ -142,8 +141,11 @@ class FewShot(TaskKind):
         grid = np.array([p.l2]) if p.l2 is not None else p.l2_grid()
         labels = [test.label for test, _ in self.targets(task)]
         # every (target, shot, l2): the probe's test predictions; accuracy drives the l2 choice
-        outcomes = {(t, s): [probe_predictions(inputs[f"train:{t}"], inputs[f"test:{t}"], s, l2, p.probe)
-                             for l2 in grid] for t in labels for s in p.shots}
+        outcomes = {}
+        for t in labels:
+            for s in p.shots:
+                data = prepare_probe(inputs[f"train:{t}"], inputs[f"test:{t}"], s)  # once for the whole grid
+                outcomes[(t, s)] = [data.predict(l2, p.probe) for l2 in grid]
         accuracy = {key: np.array([o.accuracy for o in outs]) for key, outs in outcomes.items()}
         rows, curves, chosen = [], {}, {}
         for t in labels:
@@ -225,23 +227,44 @@ def _calib_auc_or_nan(labels, probs) -> float:
         return M.calib_auc(labels, probs)
 
 
-def probe_predictions(train: Split, test: Split, shots: int, l2: float, probe: str) -> ProbeOutcome:
-    """Fit the probe on the first `shots` examples per class of `train`, predict `test`."""
+@dataclass(frozen=True)
+class ProbeData:
+    """One (target, shot count): the selected training rows and the test split, standardised per
+    member with the selected rows' statistics; labels as positions in the train split's classes."""
+
+    x: list[np.ndarray]  # per member (n_train, D)
+    y: np.ndarray
+    x_test: list[np.ndarray]  # per member (N, D)
+    y_test: np.ndarray
+    num_classes: int
+
+    def predict(self, l2: float, probe: str) -> ProbeOutcome:
+        """Fit the probe per member with this l2 and average the members' test outputs."""
+        members = [_fit_predict(x, self.y, xt, self.num_classes, l2, probe) for x, xt in zip(self.x, self.x_test)]
+        avg = np.mean(members, axis=0)
+        return ProbeOutcome(self.y_test, avg if probe == "logistic" else None, avg)
+
+
+def prepare_probe(train: Split, test: Split, shots: int) -> ProbeData:
+    """Select the first `shots` examples per class of `train` and standardise both splits."""
     rows = first_per_class(train.labels, train.ids, shots)
     classes = np.unique(train.labels[rows])
-    y = np.searchsorted(classes, train.labels[rows])
     known = np.isin(test.labels, classes)
     if not known.all():
         raise PlexbenchError(f"test labels {sorted(set(test.labels[~known].tolist()))} do not occur in the train split")
-    y_test = np.searchsorted(classes, test.labels)
-    x_train = np.asarray(train.embeddings, dtype=np.float64)[:, rows]
-    x_test = np.asarray(test.embeddings, dtype=np.float64)
-    members = []
-    for xm, tm in zip(x_train, x_test):
+    xs, xts = [], []
+    for xm, tm in zip(np.asarray(train.embeddings, dtype=np.float64)[:, rows],
+                      np.asarray(test.embeddings, dtype=np.float64)):
         mean, std = xm.mean(axis=0), xm.std(axis=0) + STD_EPS
-        members.append(_fit_predict((xm - mean) / std, y, (tm - mean) / std, classes.shape[0], l2, probe))
-    avg = np.mean(members, axis=0)
-    return ProbeOutcome(y_test, avg if probe == "logistic" else None, avg)
+        xs.append((xm - mean) / std)
+        xts.append((tm - mean) / std)
+    return ProbeData(xs, np.searchsorted(classes, train.labels[rows]), xts, np.searchsorted(classes, test.labels),
+                     int(classes.shape[0]))
+
+
+def probe_predictions(train: Split, test: Split, shots: int, l2: float, probe: str) -> ProbeOutcome:
+    """Fit the probe on the first `shots` examples per class of `train`, predict `test`."""
+    return prepare_probe(train, test, shots).predict(l2, probe)
 
 
 def _fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, num_classes: int, l2: float,
