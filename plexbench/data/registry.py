@@ -276,6 +276,16 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
+# Noisy label keys of the label-noise datasets (spec §11): plexbench key -> TFDS feature. Read from
+# tensorflow_datasets' own builders (image_classification/cifar10_n, cifar100_n): CIFAR-10N stores
+# `aggre_label`, `random_label1..3` and `worse_label` (spelled so by TFDS) beside the clean `label`;
+# CIFAR-100N stores `noise_label` beside the clean fine `label`. Only the train split has them.
+NOISY_LABEL_KEYS: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    "cifar10_n": MappingProxyType({"aggre": "aggre_label", "random1": "random_label1", "random2": "random_label2",
+                                   "random3": "random_label3", "worst": "worse_label"}),
+    "cifar100_n": MappingProxyType({"noisy": "noise_label"}),
+})
+
 # TFDS's cifar10_corrupted spells two ImageNet-C corruptions differently.
 _CIFAR10_C_SPELLING = {"elastic_transform": "elastic", "glass_blur": "frosted_glass_blur"}
 
@@ -368,6 +378,12 @@ def _register_all() -> None:  # a table, one call per dataset (long on purpose)
             num_classes=1000, class_names=None, shape=(224, 224, 3),
             hint=_IMAGENET_VAL_MANUAL.format(name="imagenet2012_corrupted") + "; TFDS generates the corruptions")
 
+    # Label noise (spec §11): human re-labels of the CIFAR training sets. `cifar10_n` / `cifar100_n`
+    # read the clean label; `<name>/<key>` read the same TFDS dataset (same folder, same images)
+    # with one noisy label key as `label`, so a task reads clean and noisy labels through the one
+    # loader. No validation role: the noisy labels cover the whole train split.
+    _label_noise_entries()
+
     # Few-shot (splits as in big_vision's few-shot evaluator).
     _standard("caltech_birds2011", {"train": "train", "test": "test"}, 200, (None, None, 3),
               description="CUB-200-2011 birds (few-shot)")
@@ -381,6 +397,30 @@ def _register_all() -> None:  # a table, one call per dataset (long on purpose)
               description="Oxford-IIIT Pet (few-shot)")
     _standard("uc_merced", {"train": "train[:1000]", "test": "train[1000:]"}, 21, (None, None, 3),
               description="UC Merced land use (few-shot)")
+
+
+_CIFAR_N_HINT = ("downloads CIFAR through TFDS and needs the CIFAR-N label files in --manual-dir "
+                 "(see https://www.tensorflow.org/datasets/catalog/{name})")
+_CIFAR_N_NOISE = {"aggre": "majority vote of 3 annotators, about 9% wrong",
+                  "random1": "annotator 1, about 17% wrong", "random2": "annotator 2, about 18% wrong",
+                  "random3": "annotator 3, about 18% wrong", "worst": "a wrong annotation where one exists, about 40% wrong",
+                  "noisy": "one annotator, about 40% wrong"}
+
+
+def _label_noise_entries() -> None:
+    """`cifar10_n`, `cifar100_n` (clean labels) and one entry per noisy label key (spec §11)."""
+    shapes = {"cifar10_n": (10, CIFAR10_CLASSES, "CIFAR-10N"), "cifar100_n": (100, CIFAR100_CLASSES, "CIFAR-100N")}
+    for name, keys in NOISY_LABEL_KEYS.items():
+        k, names, title = shapes[name]
+        hint = _CIFAR_N_HINT.format(name=name)
+        _standard(name, {"train": "train", "test": "test"}, k, (32, 32, 3), class_names=names, hint=hint,
+                  description=f"{title}: the CIFAR training set with human re-labels (clean `label` here)")
+        for key, feature in keys.items():
+            _add(DatasetInfo(
+                name=f"{name}/{key}", tfds_name=name, splits={"train": "train"}, num_classes=k, class_names=names,
+                image_shape=(32, 32, 3), default_preprocess=FINETUNED_PREPROCESS, embedded=False, prepare_hint=hint,
+                label_key=feature,
+                description=f"{title} train with the noisy label `{feature}` as label ({_CIFAR_N_NOISE[key]})"))
 
 
 _register_all()
