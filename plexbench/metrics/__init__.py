@@ -2,7 +2,7 @@
 
 Metric functions take `(y_true, y_proba | y_score, *, options)` and return a Python float;
 options are keyword-only. Importing this package imports numpy only (no TensorFlow, no
-JAX). Submodules: classification, selective, ensemble, ood, label_uncertainty,
+JAX). Submodules: classification, selective, ensemble, ood, label_uncertainty, label_noise,
 subpopulation, bootstrap, predictions (file format v1), scoreset (`plexbench score`),
 direction (which way is better).
 """
@@ -22,6 +22,20 @@ from plexbench.metrics.classification import (
 )
 from plexbench.metrics.direction import direction
 from plexbench.metrics.ensemble import disagreement, ensemble_log_probs, mean_pairwise_kl
+from plexbench.metrics.label_noise import (
+    confident_joint,
+    confident_thresholds,
+    estimate_joint,
+    estimated_noise_rate,
+    find_label_issues,
+    issue_f1,
+    issue_precision,
+    issue_recall,
+    label_issue_auprc,
+    label_issue_auroc,
+    normalized_margin,
+    self_confidence,
+)
 from plexbench.metrics.label_uncertainty import ged, soft_cross_entropy
 from plexbench.metrics.ood import (
     MahalanobisScorer,
@@ -50,26 +64,38 @@ __all__ = [
     "brier",
     "calib_auc",
     "classwise_ece",
+    "confident_joint",
+    "confident_thresholds",
     "direction",
     "disagreement",
     "eaurc",
     "ece",
     "ensemble_log_probs",
     "entropy_score",
+    "estimate_joint",
+    "estimated_noise_rate",
+    "find_label_issues",
     "fpr_at_95_tpr",
     "ged",
     "group_accuracies",
+    "issue_f1",
+    "issue_precision",
+    "issue_recall",
+    "label_issue_auprc",
+    "label_issue_auroc",
     "load_prediction_file",
     "mean_pairwise_kl",
     "mlogit_score",
     "msp_score",
     "nll",
+    "normalized_margin",
     "ood_metrics",
     "oracle_collaborative_accuracy",
     "reliability_diagram",
     "risk_coverage_curve",
     "rms_calibration_error",
     "save_prediction_file",
+    "self_confidence",
     "soft_cross_entropy",
     "subpopulation_summary",
 ]
