@@ -418,7 +418,8 @@ def _label_noise_entries() -> None:
         for key, feature in keys.items():
             _add(DatasetInfo(
                 name=f"{name}/{key}", tfds_name=name, splits={"train": "train"}, num_classes=k, class_names=names,
-                image_shape=(32, 32, 3), default_preprocess=FINETUNED_PREPROCESS, embedded=False, prepare_hint=hint,
+                image_shape=(32, 32, 3), default_preprocess=FINETUNED_PREPROCESS, embedded=False,
+                prepare_hint=f"the same TFDS dataset as {name}: preparing one prepares both; {hint}",
                 label_key=feature,
                 description=f"{title} train with the noisy label `{feature}` as label ({_CIFAR_N_NOISE[key]})"))
 

@@ -2,7 +2,9 @@
 
 Two protocols, chosen by `params.protocol`; both run every noise setting of `params.noise`
 (`plexbench.data.noise`: symmetric, flip, asymmetric along a declared class map, or a dataset's
-real noisy labels) `params.repeats` times, with noise seeds task.seed, task.seed + 1, ...
+real noisy labels). A synthetic setting is drawn `params.repeats` times, with noise seeds
+task.seed, task.seed + 1, ...; a real one once (its labels are fixed; cross-validation folds then
+use task.seed).
 
 **detection** - can the model's predictions find the wrong labels? The labelled set is the task's
 `dataset`; its labels are corrupted, and every example needs probabilities from a predictor that
@@ -114,8 +116,8 @@ class NoiseSpec:
 @dataclass(frozen=True)
 class LabelNoiseParams:
     """- `protocol`: detection | robustness (module docstring).
-    - `noise`: the settings (a list of NoiseSpec); `repeats`: noise draws per setting (seeds
-      task.seed, task.seed + 1, ...; one is enough for real noise with `scores: model`).
+    - `noise`: the settings (a list of NoiseSpec); `repeats`: draws per synthetic setting (seeds
+      task.seed, task.seed + 1, ...; real noise is one fixed draw).
     - detection: `scores` (model | cross_validated_probe), `folds` (cross-validation folds, >= 2).
     - robustness: `train` (the labelled set the probe adapts on; default: the task's dataset at
       split `train`).
@@ -254,7 +256,7 @@ class LabelNoise(TaskKind):
         settings, roc = [], {}
         for spec in p.noise:
             runs = []
-            for r in range(p.repeats):
+            for r in range(1 if spec.type == "real" else p.repeats):  # real noise is one fixed draw
                 noisy = self._noisy_labels(spec, labelled, num_classes, task.seed + r, ctx)
                 if p.protocol == "detection":
                     values, curves = detection_run(labelled, noisy, num_classes, p, task.seed + r)
