@@ -76,6 +76,9 @@ def write_results(root: Path) -> Path:
     _png(root / "plots" / "fashion_mnist" / "radar.png")
     _png(root / "plots" / "fashion_mnist" / "reliability_t_cal_fashion_mnist.png")
     _png(root / "plots" / "fashion_mnist6" / "radar.png")
+    (root / "plots" / "fashion_mnist" / "figures.json").write_text(json.dumps({"figures": [
+        {"file": "radar.png", "figure": "radar"},
+        {"file": "reliability_t_cal_fashion_mnist.png", "figure": "reliability"}]}))
     return root
 
 
@@ -98,26 +101,28 @@ def test_write_report_is_render_report_written_atomically(results):
 
 
 def test_groups_by_number_of_classes(results):
-    import pandas as pd
+    from plexbench.results_schema import read_long_csv
 
-    long = pd.read_csv(results / "metrics_long.csv")
+    long = read_long_csv(results / "metrics_long.csv")  # format 1: the model's K comes with the conversion
     groups = report_md.model_groups(long)
     assert [(g.slug, g.title, g.models) for g in groups] == [
         ("fashion_mnist", "10-class models", ("a", "b")), ("fashion_mnist6", "6-class models", ("c",))]
-    assert [g.models for g in report_md.model_groups(long.drop(columns="num_classes"))] == [("a", "b", "c")]
+    assert [g.models for g in report_md.model_groups(long.drop(columns="model_num_classes"))] == [("a", "b", "c")]
 
 
-def test_few_shot_rows_do_not_move_a_model_to_another_group():
+def test_groups_use_the_models_own_k_not_the_rows():
     import pandas as pd
 
-    # c is a 6-class model; its few-shot probe rows on a 10-class target carry K = 10
+    # c is a 6-class model; its few-shot probe rows on a 10-class target carry K = 10 in num_classes,
+    # and its own K in model_num_classes: even a table of probe rows only keeps it in its group
     long = pd.DataFrame({"model": ["a", "c", "c", "c"], "dataset": ["x", "x6", "digits", "digits"],
                          "metric": ["accuracy", "accuracy", "fewshot/5shot/prec@1", "fewshot/5shot/nll"],
-                         "num_classes": [10, 6, 10, 10]})
+                         "num_classes": [10, 6, 10, 10], "model_num_classes": [10, 6, 6, 6]})
     assert [(g.title, g.models) for g in report_md.model_groups(long)] == [
         ("10-class models", ("a",)), ("6-class models", ("c",))]
     only_probes = long[long.metric.str.startswith("fewshot") | (long.model == "a")]
-    assert [(g.title, g.models) for g in report_md.model_groups(only_probes)] == [("10-class models", ("a", "c"))]
+    assert [(g.title, g.models) for g in report_md.model_groups(only_probes)] == [
+        ("10-class models", ("a",)), ("6-class models", ("c",))]
 
 
 def test_score_tables_match_hand_computed_scores(results):
@@ -158,7 +163,10 @@ def test_figures_are_relative_links_to_existing_pngs(results):
     for link in links:
         assert (results / link).is_file()
     figures = _section(text, "## Figures")
+    # kinds and titles from figures.json; a folder without one lists its PNGs as other figures
     assert figures.index("Reliability radar") < figures.index("Reliability diagrams")
+    six = figures[figures.index("plots/fashion_mnist6/"):]
+    assert "**Other figures**" in six and "Reliability radar" not in six
 
 
 def test_provenance_models_and_timings(results):

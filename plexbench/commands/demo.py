@@ -263,7 +263,7 @@ def draw_plots(out: Path) -> tuple[list[str], list[str]]:
     """All figures, one `plots/<group>/` folder per model group; returns (relative paths, notes)."""
     from plexbench.reports.plots import plot_results
     from plexbench.reports.report_md import group_results, model_groups
-    from plexbench.reports.results import load_results
+    from plexbench.results_schema import load_results
 
     results = load_results([out])
     written, notes = [], []

@@ -30,7 +30,7 @@ from plexbench import fileio
 from plexbench.errors import PlexbenchError
 from plexbench.reports import paper_numbers, reliability_score, tables
 from plexbench.reports.columns import direction, header, parse_column
-from plexbench.reports.results import Results, load_results
+from plexbench.results_schema import Results, load_results
 
 CONVENTIONS = {
     "ece": "15 equal-width bins on [0, 1] of the top-label confidence; bin = floor(15 c) clipped to [0, 14]; "
