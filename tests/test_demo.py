@@ -233,15 +233,37 @@ def test_bad_arguments_are_one_line_errors(args, message, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_reproducibility_verdict_by_hand(tmp_path):
+    from plexbench.reports import reproducibility as R
+
+    header = ",".join(LONG_HEADER)
+    rows = ["m,t,1,d,test,accuracy,{},,,10,10", "m,t,1,d,test,ece,{},,,10,10", "m,t,1,d,test,nll,{},,,10,10",
+            "m,t2,1,d,test,accuracy,{},,,10,10"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    for d, values, keep in ((ref, (0.9, 0.05, 0.3, 0.5), 4), (run, (0.90005, 0.0501, 0.3, 0.5), 3)):
+        d.mkdir()
+        (d / "metrics_long.csv").write_text("\n".join([header] + [r.format(v) for r, v in zip(rows, values)][:keep]) + "\n")
+    v = R.compare(run, ref)
+    # accuracy: |0.90005 - 0.9| = 5e-5 <= 1e-6 + 1e-4 * 0.9 -> reproduced; ece: 1e-4 > 1e-6 + 5e-6 -> differs;
+    # nll equal; t2 missing from the run
+    assert (v["compared"], v["reproduced"], v["differ"], v["missing"], v["extra"]) == (3, 2, 1, 1, 0)
+    assert v["largest_differences"][0]["metric"] == "ece" and v["missing_tasks"] == ["t2 v1"]
+    assert "2 of 3 reference values reproduced" in R.verdict_line(v)
+
+
 def test_demo_smoke_run_then_everything_reused(data_dir, tmp_path, capsys):
     out, store = tmp_path / "out", tmp_path / "store"
     args = ["demo", "--out", str(out), "--data-dir", str(data_dir), "--store", str(store), "--models", "det-mini",
             "--tasks", "fmnist_in_distribution,fmnist_calibration", "--limit", "300"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    for i, stage in enumerate(("data", "run", "leaderboard", "plots", "report"), 1):
-        assert f"[{i}/5] {stage}: " in printed
+    for i, stage in enumerate(("data", "run", "leaderboard", "plots", "compare", "report"), 1):
+        assert f"[{i}/6] {stage}: " in printed
     assert "demo finished in" in printed
+    # the default reference is the committed results/embedded (full splits): a smoke run at 300
+    # examples reproduces none of its values, and says so
+    verdict = json.loads((out / "reproducibility.json").read_text())
+    assert verdict["reproduced"] + verdict["differ"] == verdict["compared"] and verdict["differ"] > 0
     for name in ("metrics_long.csv", "run.json", "report.md", "demo.json", "leaderboard_paper.md",
                  "leaderboard_plexbench.csv", "tasks/fmnist_in_distribution/det-mini.json"):
         assert (out / name).is_file(), name
@@ -256,8 +278,17 @@ def test_demo_smoke_run_then_everything_reused(data_dir, tmp_path, capsys):
                    if r["metric"] == "accuracy" and r["task"] == "fmnist_in_distribution")
     assert f"| `det-mini` | {acc:.4f} [" in report
 
-    assert main(args) == 0  # warm: nothing computed again, history kept
+    import shutil
+
+    reference = tmp_path / "reference"
+    shutil.copytree(out, reference)
+    # warm, against the first run as the reference: nothing computed again, every value reproduced
+    assert main(args + ["--reference", str(reference)]) == 0
     demo = json.loads((out / "demo.json").read_text())
     assert demo["results_computed"] == 0 and demo["results_reused"] == 2 and demo["datasets_prepared"] == 0
     assert len(demo["history"]) == 1 and demo["history"][0]["results_computed"] == 2
-    assert set(demo["stages"]) == {"data", "run", "leaderboard", "plots", "report"}
+    assert set(demo["stages"]) == {"data", "run", "leaderboard", "plots", "compare", "report"}
+    rows = sum(1 for _ in open(out / "metrics_long.csv")) - 1
+    assert demo["reproducibility"] == {"compared": rows, "reproduced": rows, "differ": 0, "missing": 0}
+    assert f"reproducibility: {rows} of {rows} reference values reproduced" in capsys.readouterr().out
+    assert "## Reproducibility" in (out / "report.md").read_text()

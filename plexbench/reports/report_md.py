@@ -52,7 +52,7 @@ REPORT_NAME = "report.md"
 DEMO_JSON = "demo.json"
 PRESETS = ("paper", "plexbench")
 MISSING = tables.MISSING_MD
-DEMO_STAGES = ("data", "run", "leaderboard", "plots", "report")  # the stages of `plexbench demo`, in order
+DEMO_STAGES = ("data", "run", "leaderboard", "plots", "compare", "report")  # the stages of `plexbench demo`
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ def render_report(results_dir: str | Path) -> str:
     parts = [
         _title(results_dir, run, results),
         _score_section(results.long, groups, results_dir),
+        _reproducibility_section(results_dir),
         _task_section(results, run),
         _figure_section(results_dir),
         _models_section(results, run),
@@ -209,6 +210,30 @@ def score_table(score: reliability_score.ScoreResult) -> str:
                      *(_num(r[f"{c}_score"], 1) for c in cats), str(int(r["best"])), _num(r["mean_rank"], 2),
                      str(int(r["n_columns"])), str(int(r["n_missing"]))])
     return tables.markdown_table(head, rows)
+
+
+def _reproducibility_section(results_dir: Path) -> str:
+    """The verdict of `reproducibility.json` (written by `plexbench demo`), or nothing."""
+    from plexbench.reports.reproducibility import FILE_NAME
+
+    path = results_dir / FILE_NAME
+    if not path.is_file():
+        return ""
+    try:
+        v = json.loads(path.read_text(encoding="utf-8"))
+        lines = ["## Reproducibility", "",
+                 f"Compared with the reference `{v['reference']}`: **{v['reproduced']} of {v['compared']}** values "
+                 f"reproduced within rel {v['rtol']:g} / abs {v['atol']:g}; {v['differ']} differ; "
+                 f"{v['missing']} reference values not compared (tasks not run or at another version"
+                 + (f": {', '.join(v['missing_tasks'])}" if v.get("missing_tasks") else "") + ")."]
+        if v.get("largest_differences"):
+            lines += ["", tables.markdown_table(
+                ["model", "task", "metric@dataset", "this run", "reference"],
+                [[f"`{d['model']}`", f"`{d['task']}`", f"`{d['metric']}@{d['dataset']}`", _num(d["value"], 6),
+                  _num(d["reference"], 6)] for d in v["largest_differences"]]).rstrip("\n")]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PlexbenchError(f"cannot read {path}: {e}") from None
+    return "\n".join(lines) + "\n"
 
 
 def _task_section(results: Results, run: dict) -> str:
