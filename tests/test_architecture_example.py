@@ -46,7 +46,7 @@ def test_the_documented_kind_runs_and_reaches_the_reports(tmp_path, data_dir):
         run(RunOptions(suite="example", out_dir=out, models=("det-mini",), tasks_dir={str(tasks)!r},
                        data_dir={str(data_dir)!r}, store_dir={str(tmp_path / "store")!r}, limit=300, verbose=False))
         lb = leaderboard.build_leaderboard([out], preset="plexbench")
-        cols = {{str(c.column): c.category for c in lb.score.columns}}
+        cols = {{str(c.column): c.category for s in lb.scores for c in s.columns}}
         print(json.dumps({{"columns": cols, "report": report_md.render_report(out)}}))
     """)
     env = {**os.environ, "PLEXBENCH_QUIET": "1"}

@@ -99,15 +99,16 @@ def _declared(row: dict) -> dict:
             "score_exclusion": kind.score_exclusion(None, row["metric"], row["dataset"])}
 
 
-def write_results_dir(path: Path, models=MODELS, *, with_num_classes: bool = True, format_version: int = 2) -> Path:
+def write_results_dir(path: Path, models=MODELS, *, with_num_classes: bool = True, format_version: int = 2,
+                      num_classes: int = 10, drop: tuple[str, ...] = ()) -> Path:
     """Write metrics_long.csv, tasks/<task>/<model>.json and run.json under `path`."""
     rng = np.random.default_rng(0)
     path.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, m in enumerate(models):
-        model_rows = [_declared(r) for r in _model_rows(m, i)]
+        model_rows = [_declared(r) for r in _model_rows(m, i) if r["task"] not in drop]
         rows += model_rows
-        _write_tasks(path, m, rng, model_rows, i, format_version)
+        _write_tasks(path, m, rng, model_rows, i, format_version, num_classes)
     header = (V2_HEADER if format_version == 2 else V1_HEADER)
     if not with_num_classes:
         header = [h for h in header if h not in ("num_classes", "model_num_classes")]
@@ -115,7 +116,7 @@ def write_results_dir(path: Path, models=MODELS, *, with_num_classes: bool = Tru
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
-            cells = {**r, "task_version": "1", "num_classes": 10, "model_num_classes": 10}
+            cells = {**r, "task_version": "1", "num_classes": num_classes, "model_num_classes": num_classes}
             w.writerow([repr(cells[h]) if isinstance(cells[h], float) else str(cells[h]) for h in header])
     run = {"provenance": {"versions": {"plexbench": "0.1.0"}}, "suite": "synthetic",
            "models": {m: {"config": {"name": m}, "checkpoint_sha256": "0" * 64, **RUN_MODELS[m]} for m in models},
@@ -124,7 +125,7 @@ def write_results_dir(path: Path, models=MODELS, *, with_num_classes: bool = Tru
     return path
 
 
-def _write_tasks(path, m, rng, rows, i, format_version):
+def _write_tasks(path, m, rng, rows, i, format_version, num_classes=10):
     """One task JSON per task of the model: rows, curves, and (format 2) headline and figures."""
     from plexbench.tasks.registry import get_kind
 
@@ -144,12 +145,15 @@ def _write_tasks(path, m, rng, rows, i, format_version):
     }
     for task, (kind_name, dataset) in TASKS.items():
         mine = [r for r in rows if r["task"] == task]
+        if not mine:
+            continue
         keys = ("dataset", "split", "metric", "value", "n", "ci_low", "ci_high") + (
             ("category", "score_exclusion") if format_version == 2 else ())
         doc = {"task": task, "kind": kind_name, "version": "1", "model": m, "dataset": dataset, "split": "test",
                "metrics": {r["metric"] if r["dataset"] == dataset else f"{r['metric']}@{r['dataset']}": r["value"]
                            for r in mine},
-               "rows": [{k: r[k] for k in keys} for r in mine], "curves": curves.get(task, {}), "num_classes": 10}
+               "rows": [{k: r[k] for k in keys} for r in mine], "curves": curves.get(task, {}),
+               "num_classes": num_classes}
         if format_version == 2:
             kind = get_kind(kind_name)
             doc.update(format_version=2, figures=list(kind.figures),

@@ -280,17 +280,10 @@ def write_leaderboards(out: Path) -> list[Path]:
 def draw_plots(out: Path) -> tuple[list[str], list[str]]:
     """All figures, one `plots/<group>/` folder per model group; returns (relative paths, notes)."""
     from plexbench.reports.plots import plot_results
-    from plexbench.reports.report_md import group_results, model_groups
-    from plexbench.results_schema import load_results
 
-    results = load_results([out])
-    written, notes = [], []
     with _fixed_pdf_date():
-        for group in model_groups(results.long):
-            paths, group_notes = plot_results(group_results(results, group), out / "plots" / group.slug)
-            written += [p.relative_to(out).as_posix() for p in paths]
-            notes += [f"{group.slug}: {n}" for n in group_notes]
-    return written, notes
+        paths, notes = plot_results([out], out / "plots", group_folders=True)
+    return [p.relative_to(out).as_posix() for p in paths], notes
 
 
 @contextlib.contextmanager

@@ -397,13 +397,35 @@ def _ood_hist_figures(results: Results):
 
 def plot_results(dirs: Sequence[str | Path] | Results, out_dir: str | Path, *,
                  radar_axes: Sequence[str] | None = None, preset: str = "plexbench",
-                 num_classes: Mapping[str, int] | None = None) -> tuple[list[Path], list[str]]:
-    """Draw every figure the results support into `out_dir`, and its `figures.json` manifest.
+                 num_classes: Mapping[str, int] | None = None, group_folders: bool | None = None
+                 ) -> tuple[list[Path], list[str]]:
+    """Draw every figure the results support, and a `figures.json` manifest per folder.
 
+    Models are drawn within their group (`plexbench.reports.model_groups`: the same number of
+    classes, so the same tasks): with more than one group (or `group_folders=True`) each group
+    gets its own folder `out_dir/<group slug>/`, else everything goes into `out_dir`.
     Returns (written paths, notes naming each figure not drawn and why).
     """
+    from plexbench.reports.model_groups import group_results, model_groups
+
     results = dirs if isinstance(dirs, Results) else load_results(dirs)
-    out = Path(out_dir)
+    groups = model_groups(results.long)
+    if group_folders is None:
+        group_folders = len(groups) > 1
+    if not group_folders:
+        return _plot_group(results, Path(out_dir), radar_axes, preset, num_classes)
+    written: list[Path] = []
+    notes: list[str] = []
+    for group in groups:
+        paths, group_notes = _plot_group(group_results(results, group), Path(out_dir) / group.slug, radar_axes,
+                                         preset, num_classes)
+        written += paths
+        notes += [f"{group.slug}: {n}" for n in group_notes]
+    return written, notes
+
+
+def _plot_group(results: Results, out: Path, radar_axes, preset, num_classes) -> tuple[list[Path], list[str]]:
+    """Every figure of one model group into `out` (see plot_results)."""
     written: list[Path] = []
     notes: list[str] = []
     manifest: list[dict] = []
