@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from test_reports_synthetic import IN_DOMAIN, write_results_dir
 from plexbench.cli import main
 from plexbench.errors import PlexbenchError
 from plexbench.reports import plot_data, plots
-from plexbench.reports.results import load_results
+from plexbench.results_schema import load_results
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,9 @@ def _legend(fig_or_ax) -> list[str]:
 def test_plot_command_writes_every_figure_as_pdf_and_png(results, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["plot", str(results.dirs[0]), "--out", str(out), "--paper-figures"]) == 0
-    stems = {p.stem for p in out.iterdir()}
+    stems = {p.stem for p in out.iterdir() if p.name != "figures.json"}
     assert stems == {"radar", "reliability_fashion_mnist_calibration_fashion_mnist",
-                     "risk_coverage_fashion_mnist_calibration_fashion_mnist",
+                     "risk_coverage_fashion_mnist_selective_fashion_mnist",
                      "ood_hist_fashion_mnist_vs_digits_msp", "ood_roc_fashion_mnist_vs_digits_msp",
                      "ood_hist_fashion_mnist_vs_cifar100_msp", "ood_roc_fashion_mnist_vs_cifar100_msp",
                      "shift_fashion_mnist_corrupted", "subpopulation_fashion_mnist", "score_vs_num_params",
@@ -43,6 +44,11 @@ def test_plot_command_writes_every_figure_as_pdf_and_png(results, tmp_path, caps
         assert pdf.startswith(b"%PDF") and len(pdf) > 1000, stem
         assert png.startswith(b"\x89PNG") and len(png) > 1000, stem
     assert "wrote 26 files" in capsys.readouterr().out
+    # the manifest names the figure kind of every PNG (report.md groups figures by it)
+    manifest = json.loads((out / "figures.json").read_text())["figures"]
+    kinds = {f["file"]: f["figure"] for f in manifest}
+    assert kinds["ood_roc_fashion_mnist_vs_digits_msp.png"] == "ood_roc" and kinds["radar.png"] == "radar"
+    assert len(kinds) == 11 and all(f["title"] for f in manifest)
 
 
 def test_plot_needs_an_input(capsys):
@@ -53,12 +59,15 @@ def test_plot_needs_an_input(capsys):
 def test_radar_default_axes_and_values(results):
     data = plot_data.radar_data(results)
     assert data.models == ["plexish", "det", "be"]
-    assert data.labels[:3] == ["accuracy@fashion_mnist", "nll@fashion_mnist", "ece@fashion_mnist"]
+    # one axis per task first: each task's first headline column, in task order (in-distribution,
+    # calibration, selective prediction, OOD, shift, ...), then further headline columns
+    assert data.labels[:5] == ["accuracy@fashion_mnist", "ece@fashion_mnist", "oc_acc@1%@fashion_mnist",
+                               "ood/digits/msp/auroc@fashion_mnist", "accuracy@fashion_mnist_corrupted"]
     assert len(data.labels) == 8 and not any("/" in lbl.rpartition("@")[2] for lbl in data.labels)
     ece = data.labels.index("ece@fashion_mnist")
     assert data.values[:, ece] == pytest.approx([1 - 0.02, 1 - 0.06, 1 - 0.03])  # 1 - ECE
-    nll = data.labels.index("nll@fashion_mnist")
-    assert data.values[1, nll] == pytest.approx(1 - 0.36 / np.log(10))
+    accuracy = data.labels.index("accuracy@fashion_mnist")
+    assert data.values[:, accuracy] == pytest.approx([0.91, 0.88, 0.90])
     fig = plots.draw_radar(data)
     ax = fig.axes[0]
     assert [t.get_text().replace("\n", "") for t in ax.get_xticklabels()] == data.labels

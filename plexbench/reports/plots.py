@@ -6,8 +6,13 @@ PNG (rendered by the Agg canvas), both atomically. Style: serif fonts, 8-9 pt te
 single-column sizes. Every figure labels its axes (with units or "fraction") and names its
 models (legend or panel titles) and datasets (title).
 
-`plot_results(dirs, out_dir)` draws everything a run has; `plot_paper_figures(out_dir)`
-draws the paper's radar and subpopulation figures from the published numbers alone.
+Figure kinds are registered with `@register_figure(name, title)`: a function that takes the
+results of the tasks whose kind declares the figure (`TaskKind.figures`, written into each task
+JSON) and yields (figure, file-name parts). `plot_results(dirs, out_dir)` draws every registered
+figure the results support, plus the summary figures of the whole run (radar, score against
+cost), and writes `figures.json` beside them: which file shows which figure kind (report.md
+reads it). `plot_paper_figures(out_dir)` draws the paper's radar and subpopulation figures from
+the published numbers alone.
 """
 
 from __future__ import annotations
@@ -16,14 +21,50 @@ import contextlib
 import io
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from plexbench import fileio
+from plexbench.registry import Registry
 from plexbench.reports import plot_data
-from plexbench.reports.results import Results, load_results
+from plexbench.results_schema import Results, load_results
+
+MANIFEST = "figures.json"
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """A registered figure: `draw(results)` yields (figure, file-name parts) for the results of
+    the tasks that declare it; `order` is the registration order (the report's order)."""
+
+    name: str
+    title: str
+    draw: Callable[[Results], Iterable[tuple[object, tuple[str, ...]]]]
+    order: int
+
+
+FIGURES: Registry[FigureKind] = Registry("figure kind")
+# Figures of a whole run (not fed by one task kind), in the report's order before the task figures.
+SUMMARY_FIGURES = {"radar": "Reliability radar", "score_vs": "Score against cost"}
+
+
+def register_figure(name: str, title: str):
+    """Decorator: register a figure kind drawn from the curves of the tasks that declare it."""
+
+    def decorator(fn):
+        FIGURES.add(name, FigureKind(name, title, fn, len(FIGURES)))
+        return fn
+
+    return decorator
+
+
+def figure_titles() -> dict[str, str]:
+    """Figure kind -> title, summary figures first, then task figures in registration order."""
+    kinds = sorted((FIGURES.get(n) for n in FIGURES.names()), key=lambda k: k.order)
+    return {**SUMMARY_FIGURES, **{k.name: k.title for k in kinds}}
 
 STYLE = {
     "font.family": "serif",
@@ -301,7 +342,7 @@ def draw_score_vs_cost(data: plot_data.CostScore):
     return fig
 
 
-# --------------------------------------------------------------------------- everything for a run
+# --------------------------------------------------------------------------- registered task figures
 
 
 def _grouped(items, key) -> dict:
@@ -311,46 +352,110 @@ def _grouped(items, key) -> dict:
     return out
 
 
+@register_figure("reliability", "Reliability diagrams")
+def _reliability_figures(results: Results):
+    for key, group in _grouped(plot_data.reliability_diagrams(results), lambda d: (d.task, d.dataset)).items():
+        yield draw_reliability(group), key
+
+
+@register_figure("risk_coverage", "Risk-coverage curves")
+def _risk_coverage_figures(results: Results):
+    for key, group in _grouped(plot_data.risk_coverage_curves(results), lambda c: (c.task, c.dataset)).items():
+        yield draw_risk_coverage(group), key
+
+
+@register_figure("shift", "Covariate shift by severity")
+def _shift_figures(results: Results):
+    for key, group in _grouped(plot_data.shift_series(results), lambda s: (s.dataset,)).items():
+        yield draw_shift(group), key
+
+
+@register_figure("subpopulation", "Subpopulation accuracies")
+def _subpopulation_figures(results: Results):
+    for key, group in _grouped(plot_data.subpopulation_groups(results), lambda g: (g.dataset,)).items():
+        yield draw_subpopulation(group), key
+
+
+def _ood_groups(results: Results) -> dict:
+    return _grouped(plot_data.ood_scores(results), lambda s: (s.dataset, "vs", s.ood_dataset, s.scorer))
+
+
+@register_figure("ood_roc", "OOD detection: ROC curves")
+def _ood_roc_figures(results: Results):
+    for key, group in _ood_groups(results).items():
+        yield draw_ood_roc(group), key
+
+
+@register_figure("ood_hist", "OOD detection: score histograms")
+def _ood_hist_figures(results: Results):
+    for key, group in _ood_groups(results).items():
+        yield draw_ood_histograms(group), key
+
+
+# --------------------------------------------------------------------------- everything for a run
+
+
 def plot_results(dirs: Sequence[str | Path] | Results, out_dir: str | Path, *,
                  radar_axes: Sequence[str] | None = None, preset: str = "plexbench",
-                 num_classes: Mapping[str, int] | None = None) -> tuple[list[Path], list[str]]:
-    """Draw every figure the results support into `out_dir`.
+                 num_classes: Mapping[str, int] | None = None, group_folders: bool | None = None
+                 ) -> tuple[list[Path], list[str]]:
+    """Draw every figure the results support, and a `figures.json` manifest per folder.
 
-    Returns (written paths, notes on figures skipped for lack of data).
+    Models are drawn within their group (`plexbench.reports.model_groups`: the same number of
+    classes, so the same tasks): with more than one group (or `group_folders=True`) each group
+    gets its own folder `out_dir/<group slug>/`, else everything goes into `out_dir`.
+    Returns (written paths, notes naming each figure not drawn and why).
     """
+    from plexbench.reports.model_groups import group_results, model_groups
+
     results = dirs if isinstance(dirs, Results) else load_results(dirs)
-    out = Path(out_dir)
+    groups = model_groups(results.long)
+    if group_folders is None:
+        group_folders = len(groups) > 1
+    if not group_folders:
+        return _plot_group(results, Path(out_dir), radar_axes, preset, num_classes)
     written: list[Path] = []
     notes: list[str] = []
+    for group in groups:
+        paths, group_notes = _plot_group(group_results(results, group), Path(out_dir) / group.slug, radar_axes,
+                                         preset, num_classes)
+        written += paths
+        notes += [f"{group.slug}: {n}" for n in group_notes]
+    return written, notes
 
-    def emit(fig, *name):
-        written.extend(save_figure(fig, out / _slug(*name)))
+
+def _plot_group(results: Results, out: Path, radar_axes, preset, num_classes) -> tuple[list[Path], list[str]]:
+    """Every figure of one model group into `out` (see plot_results)."""
+    written: list[Path] = []
+    notes: list[str] = []
+    manifest: list[dict] = []
+
+    def emit(fig, figure: str, *name):
+        paths = save_figure(fig, out / _slug(figure, *name))
+        written.extend(paths)
+        manifest.extend({"file": p.name, "figure": figure} for p in paths if p.suffix == ".png")
 
     _radar(results, radar_axes, preset, num_classes, emit, notes)
-    # (what, data, grouping key, [(file prefix, draw function)])
-    families = (
-        ("reliability diagrams", plot_data.reliability_diagrams(results), lambda d: (d.task, d.dataset),
-         [("reliability", draw_reliability)]),
-        ("risk-coverage curves", plot_data.risk_coverage_curves(results), lambda c: (c.task, c.dataset),
-         [("risk_coverage", draw_risk_coverage)]),
-        ("OOD scores", plot_data.ood_scores(results), lambda s: (s.dataset, "vs", s.ood_dataset, s.scorer),
-         [("ood_hist", draw_ood_histograms), ("ood_roc", draw_ood_roc)]),
-        ("shift curves", plot_data.shift_series(results), lambda s: (s.dataset,), [("shift", draw_shift)]),
-        ("subpopulation accuracies", plot_data.subpopulation_groups(results), lambda g: (g.dataset,),
-         [("subpopulation", draw_subpopulation)]),
-    )
-    for what, items, key, drawers in families:
-        if not items:
-            notes.append(f"{what}: none in the per-task JSON files")
-        for name, group in _grouped(items, key).items():
-            for prefix, draw in drawers:
-                emit(draw(group), prefix, *name)
+    for figure in sorted((FIGURES.get(n) for n in FIGURES.names()), key=lambda k: k.order):
+        tasks = [t for t in results.tasks if figure.name in t.figures]
+        if not tasks:
+            notes.append(f"{figure.name}: no task of these results declares it")
+            continue
+        drawn = 0
+        for fig, name in figure.draw(Results(results.dirs, results.long, tasks, results.runs)):
+            emit(fig, figure.name, *name)
+            drawn += 1
+        if not drawn:
+            notes.append(f"{figure.name}: the tasks declaring it ({', '.join(sorted({t.task for t in tasks}))}) "
+                         "hold no curves for it")
     for cost in plot_data.COST_LABELS:
         data = plot_data.score_vs_cost(results, cost, preset=preset, num_classes=num_classes)
         if data.models:
             emit(draw_score_vs_cost(data), "score_vs", cost)
         else:
-            notes.append(f"score vs {cost}: no model has models.<name>.{cost} in run.json and a finite score")
+            notes.append(f"score_vs_{cost}: no model has models.<name>.{cost} in run.json and a finite score")
+    titles = figure_titles()
+    fileio.write_json(out / MANIFEST, {"figures": [{**m, "title": titles[m["figure"]]} for m in manifest]})
     return written, notes
 
 
