@@ -111,6 +111,16 @@ def _model_split(n=600, k=10, seed=0) -> Split:
     return Split(DatasetRef("fashion_mnist", "test"), labels, log_probs, np.arange(n))
 
 
+def _probe_split(n, seed, k=10, d=8) -> Split:
+    """Two members' pre-logits with class structure (for the probe protocols)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    centres = np.random.default_rng(99).normal(size=(k, d)) * 2
+    emb = np.stack([centres[labels] + rng.normal(size=(n, d)) for _ in range(2)])
+    return Split(DatasetRef("fashion_mnist", "test"), labels, np.full((n, k), -np.log(k)), np.arange(n),
+                 embeddings=emb)
+
+
 def test_detection_rows_are_means_over_draws_of_independently_computed_metrics(tmp_path):
     from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
@@ -139,10 +149,10 @@ def test_detection_rows_are_means_over_draws_of_independently_computed_metrics(t
                              "noise_rate": wrong.mean()})
         for metric in per_draw[0]:
             value = np.mean([d[metric] for d in per_draw])
-            assert rows[f"label_noise/{name}/{metric}"].value == pytest.approx(value, abs=1e-12), (name, metric)
+            assert rows[f"noise_detection/{name}/{metric}"].value == pytest.approx(value, abs=1e-12), (name, metric)
             expected.setdefault(metric, []).append(value)
     for metric, values in expected.items():  # the mean over settings
-        assert rows[f"label_noise/{metric}"].value == pytest.approx(np.mean(values), abs=1e-12)
+        assert rows[f"noise_detection/{metric}"].value == pytest.approx(np.mean(values), abs=1e-12)
     assert all(r.n == 600 and r.dataset == "fashion_mnist" and math.isnan(r.ci_low) for r in rows.values())
     # realised rates and seeds are recorded; the ROC data are the sorted issue scores
     assert [d["seed"] for d in result.info["noise"][0]] == [5, 6]
@@ -154,16 +164,20 @@ def test_categories_and_score_exclusions(tmp_path):
     kind = R.get_kind(KIND)
     det = _task(tmp_path / "a", {"protocol": "detection", "noise": SYM})
     rob = _task(tmp_path / "b", {"protocol": "robustness", "noise": SYM})
-    assert kind.row_category(det, "label_noise/symmetric_20/self_confidence/auroc") == "uncertainty"
-    assert kind.row_category(rob, "label_noise/accuracy") == "prediction"
-    assert kind.row_category(rob, "label_noise/nll_increase") == "prediction"
-    assert kind.row_category(rob, "label_noise/ece") == "uncertainty"
+    assert kind.row_category(det, "noise_detection/symmetric_20/self_confidence/auroc") == "uncertainty"
+    assert kind.row_category(rob, "noise_robustness/accuracy") == "prediction"
+    assert kind.row_category(rob, "noise_robustness/nll_increase") == "prediction"
+    assert kind.row_category(rob, "noise_robustness/ece") == "uncertainty"
+    assert kind.row_category(None, "noise_robustness/accuracy") == "prediction"  # converted results: declared
+    assert kind.row_category(None, "noise_detection/symmetric_20/confident_learning/issue_f1") == "uncertainty"
     rows = kind.evaluate(det, {"labelled": _model_split(200)}, EvalContext()).rows
-    excluded = {r.metric: getattr(r, "score_exclusion", None) for r in rows}
-    if "label_noise/self_confidence/auroc" in excluded and excluded["label_noise/self_confidence/auroc"] is not None:
-        scored = {m for m, why in excluded.items() if not why}
-        assert scored == {"label_noise/self_confidence/auroc", "label_noise/normalized_margin/auroc",
-                          "label_noise/confident_learning/issue_f1"}
+    scored = {r.metric for r in rows if not r.score_exclusion}
+    assert scored == {"noise_detection/self_confidence/auroc", "noise_detection/normalized_margin/auroc",
+                      "noise_detection/confident_learning/issue_f1"}
+    assert all(r.score_exclusion == kind.score_exclusion(None, r.metric, r.dataset) for r in rows)
+    rows = kind.evaluate(rob, {"labelled": _probe_split(300, 0), "eval": _probe_split(200, 1)}, EvalContext()).rows
+    assert {r.metric for r in rows if not r.score_exclusion} == {f"noise_robustness/{m}" for m in ("accuracy", "nll", "ece")}
+    assert "clean-label reference" in {r.metric: r for r in rows}["noise_robustness/clean/accuracy"].score_exclusion
 
 
 def test_task_seed_moves_the_numbers(tmp_path):
@@ -173,7 +187,7 @@ def test_task_seed_moves_the_numbers(tmp_path):
     for seed in (0, 1):
         task = _task(tmp_path / str(seed), {"protocol": "detection", "noise": SYM, "repeats": 1}, seed=seed)
         rows = {r.metric: r.value for r in kind.evaluate(task, {"labelled": split}, EvalContext()).rows}
-        values.append(rows["label_noise/self_confidence/auroc"])
+        values.append(rows["noise_detection/self_confidence/auroc"])
     assert values[0] != values[1]
 
 
@@ -270,7 +284,7 @@ def test_robustness_end_to_end_on_digits_matches_a_probe_fitted_here(run_digits)
     clean = scores(sklearn_probe(train.embeddings, train.labels, test.embeddings, 10.0))
     metrics = run_digits.docs["rob"]["metrics"]
     for m in ("accuracy", "nll", "ece"):
-        assert metrics[f"label_noise/clean/{m}"] == pytest.approx(clean[m], abs=2e-4)
+        assert metrics[f"noise_robustness/clean/{m}"] == pytest.approx(clean[m], abs=2e-4)
     assert clean["accuracy"] > 0.6  # pre-logits of a Fashion-MNIST model still separate digits
     for spec, name in (("symmetric", "symmetric_40"), ("asymmetric", "asymmetric_20")):
         runs = []
@@ -280,10 +294,10 @@ def test_robustness_end_to_end_on_digits_matches_a_probe_fitted_here(run_digits)
             runs.append(scores(sklearn_probe(train.embeddings, noisy.labels, test.embeddings, 10.0)))
         for m in ("accuracy", "nll", "ece"):
             mean = np.mean([r[m] for r in runs])
-            assert metrics[f"label_noise/{name}/{m}"] == pytest.approx(mean, abs=2e-4), (name, m)
+            assert metrics[f"noise_robustness/{name}/{m}"] == pytest.approx(mean, abs=2e-4), (name, m)
         drop = clean["accuracy"] - np.mean([r["accuracy"] for r in runs])
-        assert metrics[f"label_noise/{name}/accuracy_drop"] == pytest.approx(drop, abs=2e-4)
-    assert metrics["label_noise/symmetric_40/accuracy_drop"] > 0  # 40% wrong labels cost accuracy
+        assert metrics[f"noise_robustness/{name}/accuracy_drop"] == pytest.approx(drop, abs=2e-4)
+    assert metrics["noise_robustness/symmetric_40/accuracy_drop"] > 0  # 40% wrong labels cost accuracy
     assert run_digits.docs["rob"]["dataset"] == "digits" and run_digits.docs["rob"]["split"] == "test"
 
 
@@ -304,10 +318,10 @@ def test_cross_validated_detection_on_digits_matches_folds_fitted_here(run_digit
     wrong = noisy.is_noisy
     metrics = run_digits.docs["cv"]["metrics"]
     auroc = roc_auc_score(wrong, 1 - probs[np.arange(train.n), noisy.labels])
-    assert metrics["label_noise/symmetric_40/self_confidence/auroc"] == pytest.approx(auroc, abs=1e-3)
+    assert metrics["noise_detection/symmetric_40/self_confidence/auroc"] == pytest.approx(auroc, abs=1e-3)
     flagged = find_label_issues(noisy.labels, probs, n_jobs=1)
     f1 = 2 * np.sum(flagged & wrong) / (np.sum(flagged) + np.sum(wrong))
-    assert metrics["label_noise/symmetric_40/confident_learning/issue_f1"] == pytest.approx(f1, abs=0.02)
+    assert metrics["noise_detection/symmetric_40/confident_learning/issue_f1"] == pytest.approx(f1, abs=0.02)
     assert auroc > 0.8
 
 
@@ -322,6 +336,6 @@ def test_own_prediction_detection_on_fashion_mnist(run_digits):
     noisy = N.asymmetric(test.labels, 10, 0.2, seed=0, class_map="fashion_mnist")
     margin_q = np.array([(p[y] - np.max(np.delete(p, y)) + 1) / 2 for p, y in zip(probs, noisy.labels)])
     expected = roc_auc_score(noisy.is_noisy, 1 - margin_q)
-    assert metrics["label_noise/asymmetric_20/normalized_margin/auroc"] == pytest.approx(expected, abs=1e-4)
-    assert metrics["label_noise/asymmetric_20/noise_rate"] == pytest.approx(noisy.realised_rate)
+    assert metrics["noise_detection/asymmetric_20/normalized_margin/auroc"] == pytest.approx(expected, abs=1e-4)
+    assert metrics["noise_detection/asymmetric_20/noise_rate"] == pytest.approx(noisy.realised_rate)
     assert expected > 0.8

@@ -45,12 +45,15 @@ is round(N * that)).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics import _ranking
 from plexbench.metrics.classification import probability_of_label
+from plexbench.metrics.vocabulary import declare_metric, declares
 
 CONFIDENCE_SLACK = 1e-6  # p >= t - slack is confident; also the bonus the given label gets in step 5
 THRESHOLD_FLOOR = 2e-6
@@ -192,6 +195,8 @@ def estimate_joint(labels, probs) -> np.ndarray:
     return joint / max(float(joint.sum()), 1e-100)
 
 
+@declares("est_noise_rate", direction=None, category="uncertainty",
+          description="confident learning's estimate of the fraction of wrong labels (compare with noise_rate)")
 def estimated_noise_rate(labels, probs) -> float:
     """1 - trace(estimate_joint): the confident-learning estimate of the fraction of wrong labels.
 
@@ -266,6 +271,8 @@ def _as_mask(x, name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
+@declares("issue_precision", direction="higher", category="uncertainty",
+          description="fraction of the labels a detector flags that are wrong")
 def issue_precision(is_noisy, is_issue) -> float:
     """Fraction of flagged labels that are wrong: TP / (TP + FP); NaN (warned) when none is flagged.
 
@@ -278,6 +285,8 @@ def issue_precision(is_noisy, is_issue) -> float:
     return float(np.count_nonzero(truth & flag) / np.count_nonzero(flag))
 
 
+@declares("issue_recall", direction="higher", category="uncertainty",
+          description="fraction of the wrong labels a detector flags")
 def issue_recall(is_noisy, is_issue) -> float:
     """Fraction of wrong labels that are flagged: TP / (TP + FN); NaN (warned) without wrong labels."""
     truth, flag = _check_masks(is_noisy, is_issue)
@@ -286,6 +295,8 @@ def issue_recall(is_noisy, is_issue) -> float:
     return float(np.count_nonzero(truth & flag) / np.count_nonzero(truth))
 
 
+@declares("issue_f1", direction="higher", category="uncertainty",
+          description="F1 of a detector's flagged labels against the wrong ones")
 def issue_f1(is_noisy, is_issue) -> float:
     """2 TP / (2 TP + FP + FN), the harmonic mean of precision and recall (0 when TP = 0 but
     something is wrong or flagged); NaN (warned) when no label is wrong and none is flagged.
@@ -335,3 +346,17 @@ def label_issue_auprc(is_noisy, quality) -> float:
         return C.undefined("auprc", "needs both wrong and correct labels")
     tps, fps, _ = _ranking.descending_operating_points(*ranked)
     return _ranking.average_precision(tps, fps)
+
+
+# ----------------------------------------------------------------------------- names computed by the label_noise task kind
+# (the realised noise rate of a draw, and the differences between a probe trained on noisy and
+# on clean labels; shown beside the scored metrics, never scored themselves)
+
+declare_metric("noise_rate", direction=None, category="uncertainty",
+               description="realised fraction of wrong labels in a noisy labelled set")
+declare_metric("accuracy_drop", direction="lower", category="prediction", value_range=(-1.0, 1.0), plexbench=None,
+               description="clean-label-trained minus noisy-label-trained clean test accuracy of the same adaptation")
+declare_metric("nll_increase", direction="lower", category="prediction", value_range=(-math.inf, math.inf),
+               plexbench=None, description="noisy-label-trained minus clean-label-trained clean test NLL (nats)")
+declare_metric("ece_increase", direction="lower", category="uncertainty", value_range=(-1.0, 1.0), plexbench=None,
+               description="noisy-label-trained minus clean-label-trained clean test ECE")

@@ -31,13 +31,15 @@ averaged probabilities clipped below at 1e-12 only to stay finite) and ECE (15 b
 fitted on the clean labels is the reference; the drops are accuracy(clean-trained) -
 accuracy(noisy-trained), and NLL / ECE of noisy-trained minus clean-trained.
 
-Rows (dataset = the task dataset's label). Per setting `s` (`symmetric_20`, `asymmetric_40`,
-`real_aggre`: the type, then the rate in percent or the key): `label_noise/<s>/<metric>` for each
-metric of the protocol, the mean over the repeats (n = the examples of the scored set); the
-per-repeat values are in the curves. Over all settings: `label_noise/<metric>`, the mean of the
-settings' values, the one row per metric the reliability score uses (the per-setting rows, the
-clean reference `label_noise/clean/<metric>`, the noise rates and the drops are shown, not
-scored). Detection rows are in the `uncertainty` category (ranking labels by how likely they are
+Rows (dataset = the task dataset's label; `<p>` = `noise_detection` or `noise_robustness`, so the
+two protocols never share a (metric, dataset) column). Per setting `s` (`symmetric_20`,
+`asymmetric_40`, `real_aggre`: the type, then the rate in percent or the key): `<p>/<s>/<metric>`
+for each metric of the protocol, the mean over the draws (n = the examples of the scored set); the
+per-draw values are in the curves. Over all settings: `<p>/<metric>`, the mean of the settings'
+values. The reliability score uses only these means of detection's self-confidence and
+normalised-margin AUROC and confident learning's F1, and of robustness's accuracy, NLL and ECE;
+the per-setting rows, the clean reference `noise_robustness/clean/<metric>`, the noise rates, the
+drops, precision, recall and AUPRC (whose chance level is the noise rate) are shown, not scored. Detection rows are in the `uncertainty` category (ranking labels by how likely they are
 wrong is an uncertainty judgement, as OOD detection is); robustness rows in `prediction` (clean
 test accuracy and NLL after training on noise is robust generalisation, the paper's prediction
 axis), except ECE, which stays `uncertainty` as everywhere else.
@@ -45,8 +47,8 @@ axis), except ECE, which stays `uncertainty` as everywhere else.
 No bootstrap intervals: `bootstrap` must be 0; the spread over repeats is in the curves.
 Curves: `label_noise` {protocol, settings: [{name, type, rate, key, realised_rate: [...],
 metrics: {metric: [...]}}], clean: {metric: value} (robustness), roc: {setting: {score: {noisy:
-[...], clean: [...]}}} (detection, first repeat: the sorted issue scores, at most `curve_points` per
-side)}.
+[...], clean: [...], auroc}}} (detection, first draw: the sorted issue scores, at most `curve_points`
+per side, and that draw's AUROC)}.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ from plexbench.tasks.kinds.base import (EvalContext, MetricRow, Need, Split, Tas
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, DatasetRef, FieldError, TaskSpec
 
-PREFIX = "label_noise"
+# Metric-name prefix per protocol: a task's rows are keyed by (metric, dataset) in reports, so a
+# detection and a robustness task on the same dataset must not share names.
+PREFIX = {"detection": "noise_detection", "robustness": "noise_robustness"}
 STD_EPS = 1e-5
 ECE_BINS = 15
 PROBE_MAX_ITER = 150
@@ -164,7 +168,7 @@ class LabelNoise(TaskKind):
     summary = "wrong labels: detection (quality scores, confident learning) and robustness of a probe trained on them"
     reads_data = True  # real noise reads the dataset's noisy label key
     category = None  # per row: see row_category
-    headline = tuple(f"{PREFIX}/{m}" for m in SCORED["detection"] + SCORED["robustness"])
+    headline = tuple(f"{PREFIX[p]}/{m}" for p in ("detection", "robustness") for m in SCORED[p])
     figures = ("label_noise_accuracy", "label_noise_roc")
 
     # ------------------------------------------------------------------ declaration
@@ -232,11 +236,35 @@ class LabelNoise(TaskKind):
             return super().num_classes(task)
         return None  # a probe replaces the model's head
 
-    def row_category(self, task: TaskSpec, metric: str) -> str:
-        """detection -> uncertainty; robustness -> prediction, ECE rows -> uncertainty."""
-        if task.params.protocol == "detection" or metric.rsplit("/", 1)[-1].startswith("ece"):
+    def row_category(self, task: TaskSpec | None, metric: str) -> str:
+        """detection -> uncertainty; robustness -> prediction, except ECE rows (uncertainty).
+
+        Without the task (results converted from another format) the metric's declared category
+        decides, which agrees: the two protocols' metric names differ."""
+        from plexbench.metrics.vocabulary import metric_info
+
+        info = metric_info(metric)
+        if task is None:
+            return info.category
+        if task.params.protocol == "detection" or info.name in ("ece", "ece_increase"):
             return "uncertainty"
         return "prediction"
+
+    def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
+        """Only the mean over settings of the protocol's SCORED metrics is scored."""
+        parts = metric.split("/")
+        protocol = {v: k for k, v in PREFIX.items()}.get(parts[0])
+        if protocol is None:
+            return ""
+        rest = "/".join(parts[1:])
+        if rest in SCORED[protocol]:
+            return ""
+        if len(parts) > 2 and parts[1] == "clean":
+            return "the clean-label reference of the same adaptation"
+        if rest not in (DETECTION_METRICS if protocol == "detection" else ROBUSTNESS_METRICS):
+            return "a per-setting breakdown of the mean over settings"
+        return ("shown beside the scored metrics (noise rates, drops, precision and recall, AUPRC whose chance "
+                "level is the noise rate)")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -302,32 +330,25 @@ class LabelNoise(TaskKind):
     def _rows(self, task, scored: Split, settings, clean_reference, wanted) -> list[MetricRow]:
         """Per-setting means over repeats, the clean reference, and the means over settings."""
         label, split, n = scored.ref.label, scored.ref.split, scored.n
-        p = task.params
+        prefix = PREFIX[task.params.protocol]
         rows = []
         per_setting: dict[str, list[float]] = {}
         for spec, runs in settings:
             for metric in wanted:
                 value = _mean([values[metric] for _, values in runs])
                 per_setting.setdefault(metric, []).append(value)
-                rows.append(self._row(task, label, split, f"{PREFIX}/{spec.name}/{metric}", value, n,
-                                      "a per-setting breakdown of the mean over settings"))
+                rows.append(self._row(task, label, split, f"{prefix}/{spec.name}/{metric}", value, n))
         if clean_reference is not None:
             for metric in ("accuracy", "nll", "ece"):
                 if metric in wanted:
-                    rows.append(self._row(task, label, split, f"{PREFIX}/clean/{metric}", clean_reference[metric], n,
-                                          "the clean-label reference of the same adaptation"))
+                    rows.append(self._row(task, label, split, f"{prefix}/clean/{metric}", clean_reference[metric], n))
         for metric in wanted:
-            scored = metric in SCORED[p.protocol]
-            why = "" if scored else ("shown beside the scored metrics (noise rates, drops, precision/recall, "
-                                     "AUPRC whose chance level is the noise rate)")
-            rows.append(self._row(task, label, split, f"{PREFIX}/{metric}", _mean(per_setting[metric]), n, why))
+            rows.append(self._row(task, label, split, f"{prefix}/{metric}", _mean(per_setting[metric]), n))
         return rows
 
-    def _row(self, task, dataset, split, metric, value, n, exclusion) -> MetricRow:
-        row = MetricRow(dataset, split, metric, float(value), int(n))
-        if "score_exclusion" in {f.name for f in dataclasses.fields(MetricRow)}:
-            row = dataclasses.replace(row, score_exclusion=exclusion)
-        return row
+    def _row(self, task, dataset, split, metric, value, n) -> MetricRow:
+        return MetricRow(dataset, split, metric, float(value), int(n),
+                         score_exclusion=self.score_exclusion(task, metric, dataset))
 
 
 # ----------------------------------------------------------------------------- the protocols
@@ -349,7 +370,8 @@ def detection_run(labelled: Split, noisy, num_classes: int, p: LabelNoiseParams,
             values[f"{score}/auroc"] = LN.label_issue_auroc(noisy.is_noisy, quality)
             values[f"{score}/auprc"] = LN.label_issue_auprc(noisy.is_noisy, quality)
         curves[score] = {"noisy": even_subsample(np.sort(1.0 - quality[noisy.is_noisy]), p.curve_points),
-                         "clean": even_subsample(np.sort(1.0 - quality[~noisy.is_noisy]), p.curve_points)}
+                         "clean": even_subsample(np.sort(1.0 - quality[~noisy.is_noisy]), p.curve_points),
+                         "auroc": values[f"{score}/auroc"]}
     flagged = LN.find_label_issues(noisy.labels, probs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", _undefined_warning())
