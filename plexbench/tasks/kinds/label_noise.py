@@ -31,7 +31,8 @@ averaged probabilities clipped below at 1e-12 only to stay finite) and ECE (15 b
 fitted on the clean labels is the reference; the drops are accuracy(clean-trained) -
 accuracy(noisy-trained), and NLL / ECE of noisy-trained minus clean-trained.
 
-Rows (dataset = the task dataset's label; `<p>` = `noise_detection` or `noise_robustness`, so the
+Rows (dataset = the task dataset's label; num_classes = K of the label space: the model's classes
+with `scores: model`, else the dataset's, as the probe's; few-shot rows do the same; `<p>` = `noise_detection` or `noise_robustness`, so the
 two protocols never share a (metric, dataset) column). Per setting `s` (`symmetric_20`,
 `asymmetric_40`, `real_aggre`: the type, then the rate in percent or the key): `<p>/<s>/<metric>`
 for each metric of the protocol, the mean over the draws (n = the examples of the scored set); the
@@ -269,6 +270,17 @@ class LabelNoise(TaskKind):
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
+        import sklearn.linear_model  # noqa: F401 - loaded BEFORE the limit, which acts on loaded libraries only
+        import sklearn.model_selection  # noqa: F401
+        from threadpoolctl import threadpool_limits
+
+        # One BLAS / OpenMP thread for the many small probe fits: threads competing on a busy
+        # 2-core machine made a fit 50x slower in measurements (2 s instead of 0.03 s for
+        # 2,000 x 64 features). Set once here: entering the limit costs about 9 ms.
+        with threadpool_limits(limits=1):
+            return self._evaluate(task, inputs, ctx)
+
+    def _evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
         p = task.params
         labelled = inputs["labelled"]
         if p.protocol == "robustness" or p.scores == "cross_validated_probe":
@@ -297,7 +309,7 @@ class LabelNoise(TaskKind):
                 runs.append((noisy, values))
             settings.append((spec, runs))
         scored_set = labelled if p.protocol == "detection" else inputs["eval"]
-        rows = self._rows(task, scored_set, settings, clean_reference, wanted)
+        rows = self._rows(task, scored_set, settings, clean_reference, wanted, num_classes)
         curves = {"protocol": p.protocol, "settings": [_setting_curve(spec, runs) for spec, runs in settings]}
         if clean_reference is not None:
             curves["clean"] = clean_reference
@@ -327,7 +339,7 @@ class LabelNoise(TaskKind):
         class_map = (spec.map or labelled.ref.name) if spec.type == "asymmetric" else None
         return N.apply(spec.type, labelled.labels, num_classes, rate=spec.rate, seed=seed, class_map=class_map)
 
-    def _rows(self, task, scored: Split, settings, clean_reference, wanted) -> list[MetricRow]:
+    def _rows(self, task, scored: Split, settings, clean_reference, wanted, num_classes: int) -> list[MetricRow]:
         """Per-setting means over repeats, the clean reference, and the means over settings."""
         label, split, n = scored.ref.label, scored.ref.split, scored.n
         prefix = PREFIX[task.params.protocol]
@@ -337,17 +349,20 @@ class LabelNoise(TaskKind):
             for metric in wanted:
                 value = _mean([values[metric] for _, values in runs])
                 per_setting.setdefault(metric, []).append(value)
-                rows.append(self._row(task, label, split, f"{prefix}/{spec.name}/{metric}", value, n))
+                rows.append(self._row(task, label, split, f"{prefix}/{spec.name}/{metric}", value, n, num_classes))
         if clean_reference is not None:
             for metric in ("accuracy", "nll", "ece"):
                 if metric in wanted:
-                    rows.append(self._row(task, label, split, f"{prefix}/clean/{metric}", clean_reference[metric], n))
+                    rows.append(self._row(task, label, split, f"{prefix}/clean/{metric}", clean_reference[metric], n,
+                                          num_classes))
         for metric in wanted:
-            rows.append(self._row(task, label, split, f"{prefix}/{metric}", _mean(per_setting[metric]), n))
+            rows.append(self._row(task, label, split, f"{prefix}/{metric}", _mean(per_setting[metric]), n, num_classes))
         return rows
 
-    def _row(self, task, dataset, split, metric, value, n) -> MetricRow:
-        return MetricRow(dataset, split, metric, float(value), int(n),
+    def _row(self, task, dataset, split, metric, value, n, num_classes) -> MetricRow:
+        # num_classes: the label space the noise and the scores live in (a probe's classes, not
+        # the model's head: the 1 - nll / ln K normalisation needs this K)
+        return MetricRow(dataset, split, metric, float(value), int(n), num_classes=int(num_classes),
                          score_exclusion=self.score_exclusion(task, metric, dataset))
 
 
@@ -428,7 +443,6 @@ def _member_average(x_train: np.ndarray, y: np.ndarray, x_test: np.ndarray, num_
 def _fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, num_classes: int, l2: float) -> np.ndarray:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
 
     mean, std = x.mean(axis=0), x.std(axis=0) + STD_EPS
     probs = np.zeros((x_test.shape[0], num_classes))
@@ -436,9 +450,7 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, num_classes: 
     if classes.shape[0] == 1:
         probs[:, classes[0]] = 1.0
         return probs
-    # One BLAS thread: these fits are small, and threads competing on a busy machine made them
-    # 50x slower in measurements (2 s instead of 0.03 s for 2,000 x 64 features).
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model = LogisticRegression(C=1.0 / l2, max_iter=PROBE_MAX_ITER).fit((x - mean) / std, y)
         probs[:, model.classes_] = model.predict_proba((x_test - mean) / std)
