@@ -177,6 +177,7 @@ def test_categories_and_score_exclusions(tmp_path):
     assert all(r.score_exclusion == kind.score_exclusion(None, r.metric, r.dataset) for r in rows)
     rows = kind.evaluate(rob, {"labelled": _probe_split(300, 0), "eval": _probe_split(200, 1)}, EvalContext()).rows
     assert {r.metric for r in rows if not r.score_exclusion} == {f"noise_robustness/{m}" for m in ("accuracy", "nll", "ece")}
+    assert {r.num_classes for r in rows} == {10}  # the probe's label space (the dataset's), whatever the model's K
     assert "clean-label reference" in {r.metric: r for r in rows}["noise_robustness/clean/accuracy"].score_exclusion
 
 
