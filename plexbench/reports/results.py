@@ -22,6 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from plexbench.errors import PlexbenchError
+from plexbench.fileio import check_csv_complete
 
 LONG_COLUMNS = ("model", "task", "task_version", "dataset", "split", "metric", "value", "ci_low", "ci_high", "n")
 _NUMBER_COLUMNS = ("value", "ci_low", "ci_high", "n")
@@ -83,6 +84,7 @@ def read_long_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise PlexbenchError(f"results file not found: {path}")
+    check_csv_complete(path, "results file")  # a truncated file (last row cut) is refused, not half-read
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
