@@ -79,7 +79,7 @@ def run_info(args) -> int:
         if k != "total" and v:
             print(f"  {k}: {v:,}")
     ck = info["checkpoint"]
-    print(f"checkpoint: {ck['path']} (sha256 {ck['sha256'][:16]}...): keys and shapes match the config"
+    print(f"checkpoint: {ck['path']} (sha256 {ck['sha256'][:16]}...): keys and shapes match the config, every value is finite"
           if ck else "checkpoint: none given (pass --checkpoint PATH to validate one)")
     return 0
 

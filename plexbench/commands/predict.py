@@ -64,8 +64,13 @@ def make_handle(model: str, checkpoint: str | None):
 
 
 def run_predict(args) -> int:
+    from plexbench import fileio, paths
     from plexbench.inference import predict
 
+    # Where results go is checked before anything is computed.
+    if args.out:
+        fileio.check_output_file(args.out, "--out")
+    fileio.check_output_dir(paths.store_dir(args.store), "prediction store")
     handle = make_handle(args.model, args.checkpoint)
     entry = predict(handle, args.dataset, args.split, data_dir=args.data_dir, store_dir=args.store,
                     batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,
@@ -91,6 +96,9 @@ def run_store_export(args) -> int:
     from plexbench import paths
     from plexbench.inference.store import find_entry
 
+    from plexbench import fileio
+
+    fileio.check_output_file(args.out, "--out")
     entry = find_entry(paths.store_dir(args.store), args.key)
     print(f"wrote {entry.export(args.out)}")
     return 0
@@ -102,8 +110,7 @@ def run_store_verify(args) -> int:
     from plexbench.inference import store as st
 
     root = paths.store_dir(args.store)
-    entries = [st.find_entry(root, args.key)] if args.key else [st.StoreEntry(p) for p in sorted(root.glob("*"))
-                                                                 if (p / st.MANIFEST).is_file()]
+    entries = [st.find_entry(root, args.key)] if args.key else st.all_entries(root)
     bad = 0
     for entry in entries:
         records = [r for r in entry.manifest["chunks"] if r is not None]
