@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from plexbench.commands import DATA_DIR_HELP, STORE_HELP
-from plexbench.errors import PlexbenchError
+from plexbench.errors import PlexbenchError, shown
 
 
 def register(sub) -> None:
@@ -55,9 +55,9 @@ def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip() or not value.strip():
-            raise PlexbenchError(f"bad {flag} '{item}': expected NAME=VALUE")
+            raise PlexbenchError(f"bad {flag} {shown(item)}: expected NAME=VALUE")
         if name.strip() in out:
-            raise PlexbenchError(f"{flag} given twice for '{name.strip()}'")
+            raise PlexbenchError(f"{flag} given twice for {shown(name.strip())}")
         out[name.strip()] = value.strip()
     return out
 
@@ -103,6 +103,8 @@ def run_command(args) -> int:
     report = runner.run(options)
     print(f"results in {report.out_dir}: {len(report.computed)} computed, {len(report.reused)} reused, "
           f"{len(report.skipped)} skipped (task, model) pairs")
+    for line in runner.skip_summary(report.skipped):
+        print(line)
     print(summary_line("run", len(report.computed) + len(report.reused), report.seconds, "task results"))
     return 0
 
