@@ -149,6 +149,7 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
     file system's NAME_MAX; the file system is not read-only.
     """
     path = Path(path).expanduser()
+    _check_name_lengths(path, what, path)
     if path.is_dir():
         raise PlexbenchError(f"{what} {shown(str(path))} is a directory; give a file name")
     if path.exists() and not os.access(path, os.W_OK):
@@ -160,6 +161,7 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
 def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
     """Raise PlexbenchError unless `path` is, or can be created as, a writable directory."""
     path = Path(path).expanduser()
+    _check_name_lengths(path, what, path)
     if path.exists() and not path.is_dir():
         raise PlexbenchError(f"{what} {shown(str(path))} is a file, not a directory")
     _check_creatable(path, what, path)
@@ -182,7 +184,6 @@ def check_input_dir(path: str | os.PathLike, what: str) -> Path:
 
 def _check_creatable(directory: Path, what: str, target: Path) -> None:
     """`directory` exists as a writable directory, or its nearest existing ancestor does."""
-    _check_name_lengths(target, what, target)
     existing = directory
     while not existing.exists():
         if existing.parent == existing:
@@ -205,10 +206,16 @@ def _why_not_writable(directory: Path) -> str:
 
 
 def _check_name_lengths(path: Path, what: str, target: Path) -> None:
+    """Every component within NAME_MAX bytes and the whole within PATH_MAX (checked first: the
+    operating system answers even `exists()` with ENAMETOOLONG for such a path)."""
     try:
         name_max = os.pathconf(_nearest_existing(path), "PC_NAME_MAX")
+        path_max = os.pathconf(_nearest_existing(path), "PC_PATH_MAX")
     except (OSError, ValueError):
-        name_max = 255
+        name_max, path_max = 255, 4096
+    if len(os.fsencode(str(path))) >= path_max:
+        raise PlexbenchError(f"{what} {shown(str(target))}: the path is longer than the {path_max} bytes "
+                             "this file system allows")
     for part in path.parts:
         if len(os.fsencode(part)) > name_max:
             raise PlexbenchError(f"{what} {shown(str(target))}: the name {shown(part, 40)} is longer than "
@@ -217,8 +224,8 @@ def _check_name_lengths(path: Path, what: str, target: Path) -> None:
 
 def _nearest_existing(path: Path) -> Path:
     for candidate in (path, *path.parents):
-        with contextlib.suppress(OSError):
-            if candidate.exists():
+        with contextlib.suppress(OSError, ValueError):
+            if len(candidate.name) <= 255 and candidate.exists():
                 return candidate
     return Path(".")
 
