@@ -80,7 +80,8 @@ def run_info(args) -> int:
             print(f"  {k}: {v:,}")
     ck = info["checkpoint"]
     print(f"checkpoint: {ck['path']} (sha256 {ck['sha256'][:16]}...): keys and shapes match the config, every value is finite"
-          if ck else "checkpoint: none given (pass --checkpoint PATH to validate one)")
+          if ck else "checkpoint: none given (pass --checkpoint PATH to validate one; the released Plex "
+                     "checkpoints are in gs://plex-paper/, see docs/checkpoints.md)")
     return 0
 
 

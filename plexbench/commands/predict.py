@@ -21,9 +21,12 @@ def register(sub) -> None:
                        description="Run a model over a dataset split; store per-example per-member logits, "
                                    "pre-logits, labels and ids (reused on a rerun, resumed after an interruption).")
     p.add_argument("--model", required=True,
-                   help="registry model name (plexbench list models) or package.module:function returning "
-                        "(flax_module, params)")
-    p.add_argument("--checkpoint", help="ViT-Plex .npz checkpoint (default: the model's zoo weights)")
+                   help="registry model name (plexbench list models) or package.module:function, which is "
+                        "imported (the working directory first) and run, returning (flax_module, params[, info]) "
+                        "(docs/your-model.md)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="ViT-Plex .npz checkpoint (default: the model's zoo weights; released ones: gs://plex-paper/, "
+                        "docs/checkpoints.md)")
     p.add_argument("--dataset", required=True, help="dataset name (plexbench list datasets)")
     p.add_argument("--split", default="test", help="split role (train/validation/test) or TFDS split string (default: test)")
     p.add_argument("--batch-size", type=int, default=256, help="global batch size (rounded up to a multiple of the device count)")

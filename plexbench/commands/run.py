@@ -22,14 +22,19 @@ def register(sub) -> None:
     p.add_argument("--models", default="", metavar="A,B,...",
                    help="registered model names (see `plexbench list models`)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
-                   help="weights for a model of --models (repeatable)")
+                   help="weights for the model NAME of --models (repeatable); released Plex checkpoints: "
+                        "gs://plex-paper/ (docs/checkpoints.md)")
     p.add_argument("--model", action="append", default=[], metavar="MODULE:FUNCTION", dest="callables",
-                   help="a user model: FUNCTION() returns (flax_module, params[, info]) (repeatable)")
+                   help="a user model: imports MODULE (the working directory first) and runs FUNCTION(), which "
+                        "returns (flax_module, params[, info]); the module gets float32 (B,H,W,3) images "
+                        "(docs/your-model.md) (repeatable)")
     p.add_argument("--predictions", action="append", default=[], metavar="NAME=DIR_OR_FILES",
                    help="a model given by prediction files <dataset>__<split>.npz (format v1; repeatable)")
     p.add_argument("--tasks", default="", metavar="T1,T2,...", help="run only these tasks of the suite")
     p.add_argument("--out", metavar="DIR", help="results directory (default: results/<suite>)")
-    p.add_argument("--dry-run", action="store_true", help="list the tasks and the missing datasets; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the tasks, the missing datasets and which tasks each model runs (unknown model "
+                        "names are errors); run nothing")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--tasks-dir", help="tasks directory (default: $PLEXBENCH_TASKS_DIR or <repo>/tasks)")
