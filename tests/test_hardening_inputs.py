@@ -261,7 +261,7 @@ def test_plot_refuses_a_truncated_csv(how, results, capsys):
 
 
 def test_check_csv_complete_accepts_what_the_runner_writes(tmp_path):
-    from plexbench.tasks import results as RS
+    from plexbench import results_schema as RS
 
     path = tmp_path / "m.csv"
     RS.write_long_csv(path, [{"model": "a,b", "task": 't"q', "value": 0.5, "n": 3}])  # quoting survives

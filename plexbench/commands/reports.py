@@ -70,12 +70,18 @@ def run_leaderboard(args) -> int:
                            num_classes=parse_num_classes(args.num_classes), include=args.include,
                            exclude=args.exclude, with_paper=not args.no_paper)
     paths = write_leaderboard(lb, out)
+    several = len(lb.groups) > 1
     shown = [c for c in lb.wide.columns if c in ("model", "score_x100", "score_ci_low_x100", "score_ci_high_x100",
-                                                "best", "mean_rank", "n_missing") or c.endswith("_score_x100")]
+                                                "best", "mean_rank", "n_missing") or c.endswith("_score_x100")
+             or (several and c == "group")]
     print(format_table(lb.wide[lb.wide["kind"] == "run"][shown].to_dict("records")))
-    if lb.score.missing:
-        print(f"models with missing columns: {', '.join(f'{m} ({len(c)})' for m, c in lb.score.missing.items())} "
-              f"(listed in {paths['json'].name})")
+    if several:
+        print(f"scored within {len(lb.groups)} groups of models with the same number of classes: "
+              + "; ".join(f"{g.title}: {', '.join(g.models)}" for g, _ in lb.groups))
+    for model, note in (lb.notes or {}).items():
+        print(f"{model}: {note}")
+    if lb.notes:
+        print(f"(missing columns are listed in {paths['json'].name})")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
