@@ -29,6 +29,7 @@ import re
 import tempfile
 import threading
 import time
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -295,7 +296,7 @@ def load_npz(path: str | os.PathLike, what: str = "file") -> dict[str, np.ndarra
     except MemoryError:
         raise PlexbenchError(f"{what} is too large to read into the memory available: {path}") from None
     except (zipfile.BadZipFile, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
-            OverflowError, TypeError) as e:
+            OverflowError, TypeError, SyntaxError, tokenize.TokenError) as e:  # last two: a damaged .npy header
         raise PlexbenchError(f"{what} is truncated or corrupt ({type(e).__name__}: {_first_line(e)}): {path}") from None
     return out
 

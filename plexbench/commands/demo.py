@@ -145,7 +145,7 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
     _, tasks = _load_tasks(run_options)  # unknown suite / --tasks / models fail here, before any work
     _check_models(options.models)
     fileio.check_output_dir(options.out_dir, "results directory (--out)")
-    fileio.check_output_dir(paths.store_dir(options.store_dir), "prediction store")
+    paths.store_dir(options.store_dir)
     record = DemoRecord(started=_now(), load_average=_load_average())
     out = Path(options.out_dir)
     previous = _previous_record(out)

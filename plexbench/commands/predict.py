@@ -70,10 +70,11 @@ def run_predict(args) -> int:
     from plexbench import fileio, paths
     from plexbench.inference import predict
 
-    # Where results go is checked before anything is computed.
+    # Where results go is checked before anything is computed. The store may be read-only when
+    # everything is in it already: a write into it fails at the entry lock, before computing.
     if args.out:
         fileio.check_output_file(args.out, "--out")
-    fileio.check_output_dir(paths.store_dir(args.store), "prediction store")
+    paths.store_dir(args.store)
     handle = make_handle(args.model, args.checkpoint)
     entry = predict(handle, args.dataset, args.split, data_dir=args.data_dir, store_dir=args.store,
                     batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,

@@ -225,8 +225,7 @@ def run(options: RunOptions, extra_models: Sequence[ModelSource] = (), context: 
     out = fileio.check_output_dir(options.out_dir, "results directory (--out)")
     sources = make_sources(options) + list(extra_models)
     _check_unique(sources)
-    if any(isinstance(s, InferenceModel) for s in sources):
-        fileio.check_output_dir(paths.store_dir(options.store_dir), "prediction store")
+    paths.store_dir(options.store_dir)  # a file, or under one: an error now (a read-only store is fine to read)
     fileio.remove_stale_temp_files(out)
     report = RunReport(out)
     missing = _ensure_data(tasks, sources, options)
