@@ -4,7 +4,6 @@ say what a user needs (custom models, checkpoints, environment variables, dry ru
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import socket

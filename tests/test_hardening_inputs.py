@@ -11,7 +11,6 @@ one-line errors before anything is allocated, computed or overwritten.
 
 from __future__ import annotations
 
-import io
 import shutil
 import struct
 import zipfile
