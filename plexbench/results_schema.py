@@ -303,6 +303,7 @@ def read_long_csv(path: str | Path) -> "pd.DataFrame":
     path = Path(path)
     if not path.is_file():
         raise PlexbenchError(f"results file not found: {path}")
+    fileio.check_csv_complete(path, "results file")  # a truncated file (last row cut) is refused, not half-read
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
