@@ -217,6 +217,23 @@ def _upgrade_long(df: "pd.DataFrame", path: Path) -> "pd.DataFrame":
     return df.assign(kind=kinds, category=categories, model_num_classes=model_k, score_exclusion=exclusions)
 
 
+def user_selection(column: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> str:
+    """Why a `metric@dataset` column is left out by a user's `--include` / `--exclude` shell
+    patterns ('' when it is selected): it must match some include pattern (when given) and no
+    exclude pattern.
+
+    >>> user_selection("ece@cifar10", ["*@cifar10"], None), user_selection("ece@cifar10", None, ["ece@*"])
+    ('', 'removed by --exclude')
+    """
+    import fnmatch
+
+    if include and not any(fnmatch.fnmatchcase(column, p) for p in include):
+        return "not selected by --include"
+    if exclude and any(fnmatch.fnmatchcase(column, p) for p in exclude):
+        return "removed by --exclude"
+    return ""
+
+
 # --------------------------------------------------------------------------- reading (reports)
 
 
@@ -286,6 +303,7 @@ def read_long_csv(path: str | Path) -> "pd.DataFrame":
     path = Path(path)
     if not path.is_file():
         raise PlexbenchError(f"results file not found: {path}")
+    fileio.check_csv_complete(path, "results file")  # a truncated file (last row cut) is refused, not half-read
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

@@ -51,6 +51,35 @@ def test_plot_command_writes_every_figure_as_pdf_and_png(results, tmp_path, caps
     assert len(kinds) == 11 and all(f["title"] for f in manifest)
 
 
+def test_titles_and_labels_fit_inside_the_figure():
+    # a title far wider than its figure is wrapped onto more lines before saving, so nothing is clipped
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    curves = [plot_data.Curve("a-model-with-a-long-name", "a_task_with_a_long_name_too", "a_dataset_with_a_long_name",
+                              np.linspace(0, 1, 5), np.linspace(0, 0.1, 5))]
+    fig = plots.draw_risk_coverage(curves)
+    with plots.paper_style():
+        plots.fit_texts(fig)
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        for text in (fig.axes[0].title, fig.axes[0].yaxis.label, fig.axes[0].xaxis.label):
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= -1 and box.x1 <= fig.bbox.width + 1 and box.y0 >= -1 and box.y1 <= fig.bbox.height + 1
+    assert "\n" in fig.axes[0].get_title()
+
+
+def test_radar_of_close_models_is_drawn_relative_to_the_best():
+    data = plot_data.RadarData(["a@x", "b@x", "c@x"], ["m1", "m2"], np.array([[0.90, 0.80, 0.70], [0.91, 0.79, 0.70]]),
+                               "t", "n", relative_to_best=True)
+    fig = plots.draw_radar(data)
+    ax = fig.axes[0]
+    radii = [line.get_ydata()[:3] for line in ax.get_lines()[:2]]
+    assert radii[0] == pytest.approx([0.90 / 0.91, 1.0, 1.0]) and radii[1] == pytest.approx([1.0, 0.79 / 0.80, 1.0])
+    low = min(0.90 / 0.91, 0.79 / 0.80)
+    assert ax.get_ylim()[0] == pytest.approx(low - 0.25 * (1 - low))  # the centre is just below the lowest ratio
+    assert "best model's value" in ax.get_xlabel()
+
+
 def test_plot_needs_an_input(capsys):
     assert main(["plot"]) == 2
     assert "--paper-figures" in capsys.readouterr().err
@@ -155,7 +184,10 @@ def test_score_vs_cost(results):
     assert data.score[0] > data.score[2] and list(data.front) == [1, 0]
     ax = plots.draw_score_vs_cost(data).axes[0]
     assert ax.get_xlabel() == "parameters (count)" and "reliability score" in ax.get_ylabel()
-    assert _legend(ax) == ["plexish", "det", "be", "Pareto front"] and "plexish, det, be" in ax.get_title()
+    assert _legend(ax) == ["plexish", "det", "be", "Pareto front (2 of 3 models)"] and "plexish, det, be" in ax.get_title()
+    # the front is visible whatever its size: its models are ringed (a marker line), not only a step
+    ring = next(line for line in ax.get_lines() if line.get_label().startswith("Pareto front"))
+    assert ring.get_marker() == "o" and list(ring.get_xdata()) == list(data.cost[data.front])
 
 
 def test_pareto_front_hand_case():

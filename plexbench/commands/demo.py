@@ -93,6 +93,7 @@ class DemoRecord:
     load_average: float | None
     stages: dict[str, float] = field(default_factory=dict)
     facts: dict = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)  # printed after the stages (the summary of skips)
 
     @property
     def total_s(self) -> float:
@@ -102,6 +103,8 @@ class DemoRecord:
 def run_demo(args) -> int:
     options = options_from_args(args)
     record = demo(options)
+    for line in record.lines:
+        print(line)
     print(summary(record, options.out_dir))
     return 0
 
@@ -136,9 +139,13 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
     `extra_models`: model sources (plexbench.tasks.sources.ModelSource) run beside `options.models`
     (Python API only, e.g. a model defined in a notebook).
     """
+    from plexbench import fileio, paths
+
     run_options = _run_options(options)
     _, tasks = _load_tasks(run_options)  # unknown suite / --tasks / models fail here, before any work
     _check_models(options.models)
+    fileio.check_output_dir(options.out_dir, "results directory (--out)")
+    paths.store_dir(options.store_dir)
     record = DemoRecord(started=_now(), load_average=_load_average())
     out = Path(options.out_dir)
     previous = _previous_record(out)
@@ -156,6 +163,7 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
                             results_skipped=len(report.skipped))
         say(f"{len(report.computed)} (task, model) results computed, {len(report.reused)} reused, "
             f"{len(report.skipped)} skipped -> {out}")
+        record.lines += runner.skip_summary(report.skipped)
     with _stage(record, "leaderboard") as say:
         written = write_leaderboards(out)
         say("wrote " + ", ".join(p.name for p in written))
@@ -163,7 +171,8 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
         plots, notes = draw_plots(out)
         removed = remove_stale(out, previous.get("plots") or [], plots)
         record.facts["plots"] = plots
-        say(f"{len(plots)} files in {out / 'plots'}" + (f"; {len(notes)} figures not drawn (no data)" if notes else "")
+        record.facts["plot_notes"] = notes
+        say(f"{len(plots)} files in {out / 'plots'}" + (f"; not drawn (no data): {not_drawn(notes)}" if notes else "")
             + (f"; removed {removed} stale files" if removed else ""))
     with _stage(record, "compare") as say:
         verdict = compare_with_reference(out, options.reference_dir)
@@ -178,6 +187,20 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
         say(f"wrote {path}")
     _write_demo_json(out, record, options, previous)  # now with the report stage
     return record
+
+
+def not_drawn(notes: Sequence[str]) -> str:
+    """Figures not drawn, per model group: notes "group: figure: reason" -> "group: fig1, fig2; ...".
+
+    Example: ["6-class: radar: fewer than 3 axes", "6-class: score vs flops: no model ..."] ->
+    "6-class: radar, score vs flops". The reasons are in demo.json (`plot_notes`).
+    """
+    groups: dict[str, list[str]] = {}
+    for note in notes:
+        group, _, rest = note.partition(": ")
+        figure = rest.partition(": ")[0] or rest
+        groups.setdefault(group, []).append(figure)
+    return "; ".join(f"{g}: {', '.join(dict.fromkeys(f))}" for g, f in groups.items())
 
 
 class _stage:
@@ -347,7 +370,7 @@ def _write_demo_json(out: Path, record: DemoRecord, options: DemoOptions, previo
 
     history = [h for h in previous.get("history") or [] if isinstance(h, dict)]
     if previous.get("started"):  # earlier runs keep their timings and facts, not their file lists
-        history.append({k: v for k, v in previous.items() if k not in ("history", "plots")})
+        history.append({k: v for k, v in previous.items() if k not in ("history", "plots", "plot_notes")})
     doc = {
         "started": record.started, "stages": dict(record.stages), "total_s": round(record.total_s, 2),
         "load_average": record.load_average, "load_average_end": _load_average(), "cpu_count": os.cpu_count(),

@@ -31,6 +31,7 @@ class RadarData:
     values: np.ndarray
     title: str
     note: str = ""
+    relative_to_best: bool = False  # draw each axis as value / best model's value (plots.draw_radar)
 
 
 def default_radar_axes(results: Results, available: Sequence[Column], max_axes: int = 8) -> list[Column]:
@@ -82,7 +83,8 @@ def radar_data(results: Results, axes: Sequence[str | Column] | None = None, *, 
     datasets = ", ".join(dict.fromkeys(c.dataset for c in cols))
     return RadarData([str(c) for c in cols], list(norm.index), values,
                      title=f"Reliability radar ({datasets})",
-                     note=f"values normalised as in the '{preset}' score: outward = better")
+                     note=f"values normalised as in the '{preset}' score, outward = better",
+                     relative_to_best=len(norm.index) > 1)
 
 
 def paper_radar_data(numbers: pd.DataFrame | None = None,

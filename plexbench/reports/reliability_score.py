@@ -61,7 +61,6 @@ Common rules:
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -309,23 +308,17 @@ def plan_columns(columns: Sequence[Column], preset: Preset, facts: Mapping[Colum
                  ) -> tuple[list[ScoredColumn], list[dict]]:
     """Split columns into scored ones (with their normalisation and category) and excluded ones.
 
-    `include` / `exclude`: the user's fnmatch patterns on `metric@dataset` (a selection, not a
-    rule about names); a column must match some include pattern (when given) and no exclude
-    pattern. A column with a declared score exclusion, or without a map in the preset, or without
-    a category, is excluded with its reason.
+    `include` / `exclude`: the user's selection of `metric@dataset` columns
+    (`plexbench.results_schema.user_selection`). A column with a declared score exclusion, or
+    without a map in the preset, or without a category, is excluded with its reason.
     """
+    from plexbench.results_schema import user_selection
+
     scored, excluded = [], []
     for col in columns:
-        text = str(col)
         fact = facts.get(col, ColumnFacts(""))
-        reason = ""
-        if include and not any(fnmatch.fnmatchcase(text, p) for p in include):
-            reason = "not selected by --include"
-        elif exclude and any(fnmatch.fnmatchcase(text, p) for p in exclude):
-            reason = "removed by --exclude"
-        elif fact.score_exclusion:
-            reason = fact.score_exclusion
-        else:
+        reason = user_selection(str(col), include, exclude) or fact.score_exclusion
+        if not reason:
             norm, note = preset.normalisation(col.metric)
             if norm is None:
                 reason = note
