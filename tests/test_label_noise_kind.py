@@ -340,3 +340,35 @@ def test_own_prediction_detection_on_fashion_mnist(run_digits):
     assert metrics["noise_detection/asymmetric_20/normalized_margin/auroc"] == pytest.approx(expected, abs=1e-4)
     assert metrics["noise_detection/asymmetric_20/noise_rate"] == pytest.approx(noisy.realised_rate)
     assert expected > 0.8
+
+
+@pytest.mark.slow
+def test_real_noise_reads_the_datasets_noisy_label_key(tmp_path):
+    """CIFAR-10N's real noise through the registry and the loader: a real (tiny) TFDS cifar10_n."""
+    from test_data_noise import _write_fake_cifar10_n
+
+    from plexbench.data import registry as D
+
+    rng = np.random.default_rng(3)
+    clean = rng.integers(0, 10, 60)
+    noisy = {key: np.where(rng.random(60) < 0.1 * (i + 1), rng.integers(0, 10, 60), clean)
+             for i, key in enumerate(D.NOISY_LABEL_KEYS["cifar10_n"])}
+    _write_fake_cifar10_n(tmp_path / "data", clean, noisy)
+    task = _task(tmp_path, {"protocol": "detection", "repeats": 3,
+                            "noise": [{"type": "real", "key": k} for k in ("aggre", "worst")]},
+                 dataset={"name": "cifar10_n", "split": "train"})
+    split = _model_split(60)
+    split = Split(DatasetRef("cifar10_n", "train"), clean, split.log_probs, np.arange(60))
+    result = R.get_kind(KIND).evaluate(task, {"labelled": split}, EvalContext(data_dir=tmp_path / "data"))
+    metrics = {r.metric: r.value for r in result.rows}
+    for key in ("aggre", "worst"):
+        wrong = noisy[key] != clean
+        assert metrics[f"noise_detection/real_{key}/noise_rate"] == pytest.approx(wrong.mean())
+        from sklearn.metrics import roc_auc_score
+
+        quality = split.probs[np.arange(60), noisy[key]]
+        assert metrics[f"noise_detection/real_{key}/self_confidence/auroc"] == pytest.approx(
+            roc_auc_score(wrong, 1 - quality))
+    # real noise is one fixed draw, whatever `repeats` says
+    assert [len(draws) for draws in result.info["noise"]] == [1, 1]
+    assert result.info["noise"][0][0]["key"] == "aggre" and result.info["noise"][0][0]["seed"] is None
