@@ -1,9 +1,8 @@
 """The embedded zoo: shipped weights and model cards, their test accuracy recomputed here with
-scikit-learn on the real Fashion-MNIST test split, and a seeded training run that reproduces itself."""
+scikit-learn on the real Fashion-MNIST test split (training: tests/test_training_zoo.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import jax
@@ -15,7 +14,7 @@ from sklearn.metrics import accuracy_score, log_loss
 from plexbench import fileio
 from plexbench.data.load import load_arrays
 from plexbench.data.preprocess import parse
-from plexbench.models import ModelConfig, build, zoo
+from plexbench.models import ModelConfig, build
 from plexbench.models.checkpoint import load_params
 from plexbench.models.registry import MODELS, ZOO_DIR, get_model
 
@@ -70,23 +69,3 @@ def test_ten_class_models_reach_88_percent(name, data_dir):
     assert accuracy == pytest.approx(c["test"]["accuracy"], abs=2e-4)
     assert log_loss(test["label"], probs / probs.sum(1, keepdims=True), labels=range(10)) == \
         pytest.approx(c["test"]["nll"], abs=1e-3)
-
-
-def test_training_is_seeded_and_reproducible(tmp_path, data_dir, monkeypatch):
-    tiny = ModelConfig(image_size=28, patch_size=14, hidden_size=8, mlp_dim=8, num_heads=2, num_layers=2,
-                       num_classes=6, ensemble_size=2, be_layers=(1,), head="heteroscedastic", num_factors=1,
-                       num_mc_samples=4)
-    recipe = dataclasses.replace(zoo.RECIPES["plex-mini-fmnist6"], name="tiny", config=tiny, batch_size=32,
-                                 train_mc_samples=2)
-    monkeypatch.setitem(zoo.RECIPES, "tiny", recipe)
-    cards = [zoo.train_zoo_model("tiny", data_dir, tmp_path / run, max_steps=3) for run in ("a", "b")]
-    assert cards[0]["checkpoint"]["sha256"] == cards[1]["checkpoint"]["sha256"]
-    assert cards[0]["test"] == cards[1]["test"]
-    c = cards[0]
-    assert c["training"]["steps"] == 3 and c["data"]["classes"] == [0, 1, 2, 3, 4, 5]
-    assert c["data"]["num_test"] == 6000  # the six in-distribution classes of the 10,000 test images
-    load_params(tiny, tmp_path / "a" / "tiny.npz")
-    assert json.loads((tmp_path / "a" / "tiny.json").read_text())["name"] == "tiny"
-    # Another seed gives other initial weights (the seed is really used).
-    p0, p1 = zoo._init(tiny, 0), zoo._init(tiny, 1)
-    assert not np.array_equal(np.asarray(p0["embedding"]["kernel"]), np.asarray(p1["embedding"]["kernel"]))

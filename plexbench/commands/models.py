@@ -27,7 +27,9 @@ def register(sub) -> None:
     train = zoo_sub.add_parser(
         "train", help="train a zoo model from its seed; writes NAME.npz and the model card NAME.json",
         description="Train a zoo model (plex-mini, det-mini, plex-mini-fmnist6, det-mini-fmnist6) from "
-                    "its recipe and seed. Use --out plexbench/models/zoo_weights to refresh the shipped weights.")
+                    "its recipe and seed (plexbench.training.zoo). A killed run started again resumes from "
+                    "its last saved state (every 200 steps). Use --out plexbench/models/zoo_weights to "
+                    "refresh the shipped weights.")
     train.add_argument("name", metavar="NAME")
     train.add_argument("--data-dir", help=DATA_DIR_HELP)
     train.add_argument("--out", metavar="DIR", help="output folder (default: ~/.cache/plexbench/zoo_weights)")
@@ -86,7 +88,7 @@ def run_info(args) -> int:
 
 
 def run_zoo_train(args) -> int:
-    from plexbench.models.zoo import train_zoo_model
+    from plexbench.training.zoo import train_zoo_model
     from plexbench.progress import summary_line
 
     if args.max_steps is not None and args.max_steps < 1:

@@ -360,7 +360,9 @@ def _register_all() -> None:  # a table, one call per dataset (long on purpose)
     # Out of distribution.
     _standard("svhn_cropped", {"train": "train", "test": "test"}, 10, (32, 32, 3), class_names=DIGIT_CLASSES,
               description="SVHN cropped digits (OOD for CIFAR)")
-    _standard("places365_small", {"train": "train", "test": "validation"}, 365, (256, 256, 3),
+    # Active learning (spec §6) holds out the end of train for validation, like ImageNet (1%).
+    _standard("places365_small", {"train": "train[:99%]", "validation": "train[99%:]", "test": "validation"}, 365,
+              (256, 256, 3),
               description="Places365 at 256x256 (OOD for ImageNet; active learning)")
     _standard("dtd", {"train": "train", "validation": "validation", "test": "test"}, 47, (None, None, 3),
               description="Describable Textures (OOD; few-shot)")

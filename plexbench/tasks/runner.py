@@ -11,7 +11,11 @@ Per model, in the suite's task order:
    once, over the largest example prefix any task needs, with pre-logits if any task needs them,
    through the prediction store (so a second run does no inference at all);
 4. the kind's `evaluate` on those predictions; the task JSON is written atomically at once, so an
-   interrupted run keeps every finished (task, model) and resumes after it.
+   interrupted run keeps every finished (task, model) and resumes after it. A kind that adapts
+   the model (`TaskKind.adapts`) also gets the model's `TrainableModel` as `ctx.model` (models
+   that cannot be trained are skipped, with the reason); every kind gets a scratch file
+   `ctx.state_path` (`tasks/<task>/.<model>.state.json`) for resumable state within a result,
+   deleted once the result is written.
 
 `metrics_long.csv` (every task JSON of the suite's tasks in the directory, earlier models and
 earlier runs' tasks included) is rewritten after each model and at the end, also when the run stops
@@ -327,10 +331,13 @@ def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report
     started = time.perf_counter()
     if options.verbose:
         progress.doing(f"{task.name} / {model.name}")
+    state = state_path(path)
+    adapted = dataclasses.replace(ctx, model=model.trainable() if kind.adapts(task) else None, state_path=state,
+                                  state_key=inputs_sha)
     try:
         inputs = {need.role: preds.split(need) for need in kind.needs(task)
                   if not (need.optional and model.missing(preds.request_for(need)))}
-        result = kind.evaluate(task, inputs, ctx)
+        result = kind.evaluate(task, inputs, adapted)
     except PlexbenchError as e:
         if options.limit is None:
             raise
@@ -339,8 +346,14 @@ def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report
         return
     seconds = time.perf_counter() - started
     RS.write_task_result(path, _task_doc(task, kind, model, result, k, inputs_sha, options, seconds))
+    state.unlink(missing_ok=True)
     report.computed.append((task.name, model.name))
     timings.append({"task": task.name, "model": model.name, "seconds": round(seconds, 3), "reused": False})
+
+
+def state_path(result_path: Path) -> Path:
+    """The scratch state file of a (task, model) result: `.<model>.state.json` beside its JSON."""
+    return result_path.with_name(f".{result_path.stem}.state.json")
 
 
 def _class_mismatch(task, kind, k: int) -> str | None:
@@ -372,6 +385,8 @@ def _skip_reason(task, model: ModelSource, kind, missing) -> str | None:
     fit = fit_reason(task, model.name, model.num_classes())
     if fit is not None:
         return fit
+    if kind.adapts(task) and model.trainable() is None:
+        return f"the task trains the model, and {model.untrainable_reason()}"
     absent = sorted({name for name, _ in kind.datasets(task) if name in missing})
     if absent and (isinstance(model, InferenceModel) or kind.reads_data):
         return f"dataset(s) not prepared: {', '.join(absent)}"
@@ -540,6 +555,7 @@ def dry_run(options: RunOptions) -> list[str]:
     else:
         lines.append("every dataset is prepared")
     lines += _dry_run_models(options, tasks)
+    lines += _training_cost_lines(tasks, options.models)
     return lines
 
 
@@ -583,6 +599,31 @@ def _dry_run_models(options: RunOptions, tasks: Sequence[TaskSpec]) -> list[str]
 def _tasks_for(tasks: Sequence[TaskSpec], name: str, k: int) -> str:
     runs = [t.name for t in tasks if fit_reason(t, name, k) is None]
     return f"runs {len(runs)} of {len(tasks)} tasks ({', '.join(runs) or 'none'})"
+
+
+def _training_cost_lines(tasks: Sequence[TaskSpec], models: Sequence[str]) -> list[str]:
+    """Upper bounds of the training work of kinds that train (`TaskKind.cost`): curves x rounds x
+    steps x batch, and per registry model the FLOPs, 3 x its forward matmul FLOPs per example
+    (backward ~ 2 x forward) per trained example. Pool scoring and evaluation passes are extra."""
+    lines = []
+    for task in tasks:
+        cost = R.get_kind(task.kind).cost(task)
+        if not cost:
+            continue
+        text = f"{cost['curves']} curves x {cost['rounds']} rounds"
+        if "max_steps" not in cost:
+            lines.append(f"  {task.name}: {text} (linear probes on pre-logits)")
+            continue
+        examples = cost["curves"] * cost["rounds"] * cost["max_steps"] * cost["batch_size"]
+        text += f" x <= {cost['max_steps']} steps x {cost['batch_size']} examples = {examples:.3g} trained examples"
+        for name in models:
+            from plexbench.models.flops import flops_per_example
+            from plexbench.models.registry import MODELS
+
+            if name in MODELS:
+                text += f"; {name}: <= {3 * examples * flops_per_example(MODELS.get(name).config)['total']:.3g} FLOPs"
+        lines.append(f"  {task.name}: {text}")
+    return ["training (upper bound: every round runs its step limit):"] + lines if lines else []
 
 
 def _compact(names: Sequence[str]) -> str:

@@ -154,6 +154,15 @@ class ModelSource(abc.ABC):
         """Why the request cannot be served (None if it can) without computing anything."""
         return None
 
+    def trainable(self):
+        """The plexbench.training.TrainableModel handed to kinds that adapt the model (the
+        contract in plexbench.tasks.kinds.base), or None when this model cannot be trained."""
+        return None
+
+    def untrainable_reason(self) -> str:
+        """Why `trainable()` is None, for the skip message."""
+        return f"a model given as {self.kind} cannot be trained"
+
     def info(self) -> dict:
         """run.json facts: source, identity, num_params, flops_per_example (None when unknown)."""
         return {"source": self.kind, "identity": self.identity()}
@@ -166,12 +175,27 @@ class InferenceModel(ModelSource):
         self.handle, self.name, self.kind, self.config = handle, handle.name, kind, config
         self._cost: dict | None = None
         self._first: tuple[Request, Any] | None = None  # the first inference: its input shape gives the FLOPs
+        self._trainable = None
 
     def num_classes(self) -> int | None:
         return self.handle.num_classes
 
     def identity(self) -> dict:
         return dict(self.handle.identity)
+
+    def trainable(self):
+        """A TrainableModel sharing the handle's lazily loaded parameters; None without a
+        plexbench ViT config (user callables: their module cannot be given a fresh head)."""
+        if self.config is None:
+            return None
+        if self._trainable is None:
+            from plexbench.training.model import TrainableModel
+
+            self._trainable = TrainableModel.from_handle(self.handle, self.config)
+        return self._trainable
+
+    def untrainable_reason(self) -> str:
+        return "a model given as a callable cannot be trained (adapting needs a plexbench ViT config)"
 
     def preprocess_for(self, dataset: str, prefix: str | None) -> str:
         """The preprocessing spec of an inference: `prefix|<model's, else the dataset's default>`."""

@@ -19,6 +19,20 @@ guess from metric names):
 
 The runner writes all of these into the results (plexbench.results_schema), so reports read
 them from files.
+
+Kinds that ADAPT a model (the adapt-a-model contract). A kind whose `adapts(task)` returns True
+(default False) trains the model itself: active learning fine-tunes it, a label-noise kind
+trains on noisy labels. For such a (task, model) pair, and only for it, the runner sets
+`ctx.model` to a `plexbench.training.TrainableModel`: the model's Flax module built from its
+config (`apply_fn(num_classes)`), the pretrained parameters (`pretrained`, loaded once and shared
+with inference), `with_zero_head(num_classes)` (the pretrained trunk with a fresh head whose
+kernel and bias are zero), the preprocessing spec and the identity. The kind trains with
+`plexbench.training` (`finetune`, `fit_probe`), never with its own loop. A model that cannot be
+trained (prediction files; user callables without a plexbench config) is skipped with the reason
+before anything is computed. Every kind also gets `ctx.state_path`, a scratch file beside its
+result for resumable state, and `ctx.state_key` (the result's inputs fingerprint) to tell whose
+state a file holds; the runner deletes the file once the result is written. Kinds that only
+score ignore all three and stay as thin as before.
 """
 
 from __future__ import annotations
@@ -119,6 +133,10 @@ class EvalContext:
     data_dir: Path | None = None
     limit: int | None = None  # smoke mode (--limit): caps data a kind reads itself (e.g. a grouping's fit set)
     _arrays: dict = field(default_factory=dict)
+    # The adapt-a-model contract (module docstring); set per (task, model) by the runner.
+    model: Any = None  # plexbench.training.TrainableModel, only for kinds whose adapts(task) is True
+    state_path: Path | None = None  # scratch file for resumable state (written atomically by the kind)
+    state_key: str | None = None  # the result's inputs fingerprint: a state file holding another key is stale
 
     def load_arrays(self, name: str, split: str, n: int | None = None) -> dict[str, np.ndarray]:
         """plexbench.data.load.load_arrays of split role `split`, only its first `n` examples when
@@ -199,6 +217,17 @@ class TaskKind(abc.ABC):
     def datasets(self, task: TaskSpec) -> list[tuple[str, str]]:
         """(dataset, split role) pairs the task reads: its needs, plus what `evaluate` loads itself."""
         return list(dict.fromkeys((n.ref.name, n.ref.split) for n in self.needs(task)))
+
+    def adapts(self, task: TaskSpec) -> bool:
+        """Whether the task trains the model (module docstring: it then gets `ctx.model`)."""
+        return False
+
+    def cost(self, task: TaskSpec) -> dict | None:
+        """Work beyond inference, for `plexbench run --dry-run` (None: inference only). Keys:
+        `curves` (independent runs), `rounds` (trainings per run), and for gradient training
+        `max_steps` and `batch_size` (per training); the dry run multiplies them by each model's
+        FLOPs per example (x 3 for forward and backward)."""
+        return None
 
     def num_classes(self, task: TaskSpec) -> int | None:
         """Classes a model needs for this task: len(classes) under a class filter, else the

@@ -8,11 +8,15 @@ target's probe is trained on its `train_split`. For each target, shot count s an
    error;
 2. per ensemble member m: features standardised with the selected examples' mean and std
    (population std, + 1e-5), the same transform applied to the test features;
-3. `probe: logistic`: per member a multinomial logistic regression (scikit-learn,
-   C = 1 / l2, lbfgs, max_iter 150); the ensemble prediction is the mean of the members'
-   probabilities. `probe: closed_form`: per member, with a bias column of value 100 appended,
-   W = solve(X^T X + l2 I, X^T (2 onehot - 1)); the members' scores X W are averaged and the
-   prediction is their argmax (no probabilities: only prec@1 is reported);
+3. `probe: logistic`: per member a multinomial logistic regression (scikit-learn's
+   LogisticRegression(C = 1 / l2) objective, L-BFGS, max_iter 150); the ensemble prediction is
+   the mean of the members' probabilities. `probe: closed_form`: per member, with a bias column
+   of value 100 appended, W = solve(X^T X + l2 I, X^T (2 onehot - 1)); the members' scores X W
+   are averaged and the prediction is their argmax (no probabilities: only prec@1 is reported).
+   Both come from plexbench.training.probe, which fits the whole l2 grid of one (target, shot,
+   member) jointly: the logistic runs (scikit-learn's L-BFGS-B, one per l2, each identical to a
+   separate LogisticRegression fit) advance in lockstep with one batched objective evaluation
+   per round, the closed-form ones share one Gram matrix;
 4. l2: a fixed `params.l2`, or, with two or more targets, the spec's rule: for each target t and
    shot s, every l2 of the grid {2^i, i = l2_exponents[0]..l2_exponents[1]} is ranked by test
    accuracy on every OTHER target (rank 1 = best, ties averaged); the l2 with the lowest mean
@@ -42,9 +46,6 @@ from plexbench.tasks.kinds.base import (EvalContext, Need, Split, TaskKind, Task
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, DatasetRef, FieldError, SplitRole, TaskSpec
 
-STD_EPS = 1e-5
-BIAS_VALUE = 100.0
-MAX_ITER = 150
 ECE_BINS = 15
 
 
@@ -163,8 +164,7 @@ class FewShot(TaskKind):
         outcomes = {}
         for t in labels:
             for s in p.shots:
-                data = prepare_probe(inputs[f"train:{t}"], inputs[f"test:{t}"], s)  # once for the whole grid
-                outcomes[(t, s)] = [data.predict(l2, p.probe) for l2 in grid]
+                outcomes[(t, s)] = probe_grid(inputs[f"train:{t}"], inputs[f"test:{t}"], s, grid, p.probe)
         accuracy = {key: np.array([o.accuracy for o in outs]) for key, outs in outcomes.items()}
         rows, curves, chosen = [], {}, {}
         for t in labels:
@@ -246,60 +246,23 @@ def _calib_auc_or_nan(labels, probs) -> float:
         return M.calib_auc(labels, probs)
 
 
-@dataclass(frozen=True)
-class ProbeData:
-    """One (target, shot count): the selected training rows and the test split, standardised per
-    member with the selected rows' statistics; labels as positions in the train split's classes."""
+def probe_grid(train: Split, test: Split, shots: int, l2s, probe: str) -> list[ProbeOutcome]:
+    """Fit the probe on the first `shots` examples per class of `train` for every l2 of `l2s`
+    (one joint fit per member, plexbench.training.probe) and predict `test`; one outcome per l2.
+    Labels become positions among the classes of the selected training rows."""
+    from plexbench.training.probe import fit_probe
 
-    x: list[np.ndarray]  # per member (n_train, D)
-    y: np.ndarray
-    x_test: list[np.ndarray]  # per member (N, D)
-    y_test: np.ndarray
-    num_classes: int
-
-    def predict(self, l2: float, probe: str) -> ProbeOutcome:
-        """Fit the probe per member with this l2 and average the members' test outputs."""
-        members = [_fit_predict(x, self.y, xt, self.num_classes, l2, probe) for x, xt in zip(self.x, self.x_test)]
-        avg = np.mean(members, axis=0)
-        return ProbeOutcome(self.y_test, avg if probe == "logistic" else None, avg)
-
-
-def prepare_probe(train: Split, test: Split, shots: int) -> ProbeData:
-    """Select the first `shots` examples per class of `train` and standardise both splits."""
     rows = first_per_class(train.labels, train.ids, shots)
     classes = np.unique(train.labels[rows])
     known = np.isin(test.labels, classes)
     if not known.all():
         raise PlexbenchError(f"test labels {sorted(set(test.labels[~known].tolist()))} do not occur in the train split")
-    xs, xts = [], []
-    for xm, tm in zip(np.asarray(train.embeddings, dtype=np.float64)[:, rows],
-                      np.asarray(test.embeddings, dtype=np.float64)):
-        mean, std = xm.mean(axis=0), xm.std(axis=0) + STD_EPS
-        xs.append((xm - mean) / std)
-        xts.append((tm - mean) / std)
-    return ProbeData(xs, np.searchsorted(classes, train.labels[rows]), xts, np.searchsorted(classes, test.labels),
-                     int(classes.shape[0]))
+    y, y_test = np.searchsorted(classes, train.labels[rows]), np.searchsorted(classes, test.labels)
+    fitted = fit_probe(np.asarray(train.embeddings)[:, rows], y, int(classes.shape[0]), l2s, kind=probe)
+    out = fitted.predict(test.embeddings)  # (L, N, C)
+    return [ProbeOutcome(y_test, o if probe == "logistic" else None, o) for o in out]
 
 
 def probe_predictions(train: Split, test: Split, shots: int, l2: float, probe: str) -> ProbeOutcome:
-    """Fit the probe on the first `shots` examples per class of `train`, predict `test`."""
-    return prepare_probe(train, test, shots).predict(l2, probe)
-
-
-def _fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, num_classes: int, l2: float,
-                 probe: str) -> np.ndarray:
-    """One member: test probabilities (logistic) or scores X W (closed form), (N, C)."""
-    if probe == "closed_form":
-        xb = np.hstack([x, np.full((x.shape[0], 1), BIAS_VALUE)])
-        targets = 2.0 * np.eye(num_classes)[y] - 1.0
-        w = np.linalg.solve(xb.T @ xb + l2 * np.eye(xb.shape[1]), xb.T @ targets)
-        return np.hstack([x_test, np.full((x_test.shape[0], 1), BIAS_VALUE)]) @ w
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # the spec caps lbfgs at 150 iterations
-        model = LogisticRegression(C=1.0 / l2, max_iter=MAX_ITER).fit(x, y)
-    probs = np.zeros((x_test.shape[0], num_classes))
-    probs[:, model.classes_] = model.predict_proba(x_test)
-    return probs
+    """Fit the probe on the first `shots` examples per class of `train` with one l2, predict `test`."""
+    return probe_grid(train, test, shots, [l2], probe)[0]
