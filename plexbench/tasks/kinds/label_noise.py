@@ -71,9 +71,7 @@ from plexbench.tasks.spec import POSITIVE, DatasetRef, FieldError, TaskSpec
 # Metric-name prefix per protocol: a task's rows are keyed by (metric, dataset) in reports, so a
 # detection and a robustness task on the same dataset must not share names.
 PREFIX = {"detection": "noise_detection", "robustness": "noise_robustness"}
-STD_EPS = 1e-5
 ECE_BINS = 15
-PROBE_MAX_ITER = 150
 NLL_FLOOR = 1e-12
 
 DETECTION_SCORES = ("self_confidence", "normalized_margin")
@@ -270,7 +268,7 @@ class LabelNoise(TaskKind):
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
-        import sklearn.linear_model  # noqa: F401 - loaded BEFORE the limit, which acts on loaded libraries only
+        import scipy.optimize  # noqa: F401 - loaded BEFORE the limit, which acts on loaded libraries only
         import sklearn.model_selection  # noqa: F401
         from threadpoolctl import threadpool_limits
 
@@ -434,26 +432,20 @@ def probe_probs(train: Split, labels: np.ndarray, test: Split, num_classes: int,
 
 
 def _member_average(x_train: np.ndarray, y: np.ndarray, x_test: np.ndarray, num_classes: int, l2: float) -> np.ndarray:
-    """Mean over members of a standardised logistic-regression probe's probabilities, (N, K)."""
-    members = [_fit_predict(np.asarray(xm, np.float64), y, np.asarray(tm, np.float64), num_classes, l2)
-               for xm, tm in zip(x_train, x_test)]
-    return np.mean(members, axis=0)
+    """Members' averaged probabilities (N, K) of plexbench.training's logistic probe (spec §6 rules:
+    per member standardised, C = 1 / l2, 150 lbfgs iterations) fitted on (E, n, D) features.
 
+    The probe is fitted over the classes present in `y` (a fold or a noisy set may lack one); the
+    others get probability 0."""
+    from plexbench.training import fit_probe
 
-def _fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, num_classes: int, l2: float) -> np.ndarray:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    mean, std = x.mean(axis=0), x.std(axis=0) + STD_EPS
-    probs = np.zeros((x_test.shape[0], num_classes))
     classes = np.unique(y)
+    probs = np.zeros((np.shape(x_test)[1], num_classes))
     if classes.shape[0] == 1:
         probs[:, classes[0]] = 1.0
         return probs
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model = LogisticRegression(C=1.0 / l2, max_iter=PROBE_MAX_ITER).fit((x - mean) / std, y)
-        probs[:, model.classes_] = model.predict_proba((x_test - mean) / std)
+    probe = fit_probe(x_train, np.searchsorted(classes, y), int(classes.shape[0]), [l2])
+    probs[:, classes] = probe.predict(x_test)[0]
     return probs
 
 
