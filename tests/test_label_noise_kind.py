@@ -60,6 +60,11 @@ SYM = [{"type": "symmetric", "rate": 0.2}]
      "field 'metrics[0]': expected a metric of the detection protocol"),
     ({"protocol": "detection", "noise": SYM, "scores": "cross_validated_probe", "folds": 1}, {},
      "field 'params.folds': expected at least 2 folds"),
+    ({"protocol": "detection", "noise": SYM, "adapt": "finetune"}, {}, "field 'params.adapt': expected probe for detection"),
+    ({"protocol": "robustness", "noise": SYM, "finetune": {"steps": 5}}, {},
+     "field 'params.finetune': expected nothing unless adapt: finetune"),
+    ({"protocol": "robustness", "noise": SYM, "adapt": "finetune", "finetune": {"learning_rate": 0}}, {},
+     "field 'params.finetune.learning_rate': expected a positive number"),
 ])
 def test_bad_task_files_are_one_line(tmp_path, capsys, params, extra, message):
     from plexbench.cli import main
@@ -372,3 +377,66 @@ def test_real_noise_reads_the_datasets_noisy_label_key(tmp_path):
     # real noise is one fixed draw, whatever `repeats` says
     assert [len(draws) for draws in result.info["noise"]] == [1, 1]
     assert result.info["noise"][0][0]["key"] == "aggre" and result.info["noise"][0][0]["seed"] is None
+
+
+def numpy_head_sgd(feats, labels, sampler, steps, lr, momentum=0.9, clip=1.0, k=10):
+    """Head-only fine-tuning written out: a zero linear softmax head on frozen features, mean
+    cross-entropy, gradients clipped to global norm `clip`, SGD with momentum (trace = g + m trace)."""
+    w, b = np.zeros((feats.shape[1], k)), np.zeros(k)
+    tw, tb = np.zeros_like(w), np.zeros_like(b)
+    onehot = np.eye(k)
+    for _ in range(steps):
+        rows = sampler.next()
+        x, y = feats[rows], labels[rows]
+        z = x @ w + b
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        r = (p - onehot[y]) / len(rows)
+        gw, gb = x.T @ r, r.sum(axis=0)
+        norm = np.sqrt((gw ** 2).sum() + (gb ** 2).sum())
+        scale = clip / max(norm, clip)
+        tw, tb = gw * scale + momentum * tw, gb * scale + momentum * tb
+        w, b = w - lr * tw, b - lr * tb
+    return w, b
+
+
+@pytest.mark.slow
+def test_robustness_by_fine_tuning_matches_head_sgd_written_out(tmp_path, data_dir):
+    """adapt: finetune through plexbench.training, head only, against the same SGD in numpy on the
+    frozen pre-logits of a direct forward pass (the trunk does not move, so the head sees them)."""
+    from sklearn.metrics import accuracy_score, log_loss
+
+    from plexbench.inference import handle_from_registry
+    from plexbench.models.registry import get_model
+    from plexbench.tasks import runner
+    from plexbench.tasks.runner import RunOptions
+    from plexbench.tasks.sources import InferenceModel
+    from plexbench.training.loop import BatchSampler
+
+    settings = {"steps": 25, "batch_size": 64, "learning_rate": 0.05, "trainable": "head"}
+    digits = {"name": "digits", "split": "test", "preprocess": "resize(28)"}
+    tasks = write_tasks(tmp_path / "tasks", {"ft": task_dict(
+        digits, {"protocol": "robustness", "adapt": "finetune", "finetune": settings, "repeats": 1,
+                 "train": {**digits, "split": "train"}, "noise": [{"type": "symmetric", "rate": 0.4}]}, seed=2)})
+    assert R.get_kind(KIND).adapts(R.load_task("ft", tasks))
+    handle = handle_from_registry("det-mini")
+    options = RunOptions(suite="s", out_dir=tmp_path / "out", data_dir=data_dir, store_dir=tmp_path / "store",
+                         tasks_dir=tasks, batch_size=250, verbose=False)
+    runner.run(options, [InferenceModel(handle, "registry", config=get_model("det-mini").config)])
+    metrics = json.loads((tmp_path / "out" / "tasks" / "ft" / "det-mini.json").read_text())["metrics"]
+
+    train = direct_split(handle, data_dir, "digits", "train", "resize(28)")
+    test = direct_split(handle, data_dir, "digits", "test", "resize(28)")
+    noisy = N.symmetric(train.labels, 10, 0.4, seed=2)
+    for name, labels in (("clean", train.labels), ("symmetric_40", noisy.labels)):
+        sampler = BatchSampler(train.n, 64, 2, "repeat")  # the run's seed is the noise seed (task seed 2)
+        w, b = numpy_head_sgd(train.embeddings[0], labels, sampler, 25, 0.05)
+        z = test.embeddings[0] @ w + b
+        probs = np.exp(z - z.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        assert metrics[f"noise_robustness/{name}/accuracy"] == pytest.approx(
+            accuracy_score(test.labels, probs.argmax(axis=1)), abs=0.006)
+        assert metrics[f"noise_robustness/{name}/nll"] == pytest.approx(
+            log_loss(test.labels, probs, labels=list(range(10))), rel=2e-3)
+    assert metrics["noise_robustness/clean/accuracy"] > 0.5  # 25 head steps already learn digits
+    assert not any(p.name.endswith(".state.json") for p in (tmp_path / "out" / "tasks" / "ft").iterdir())

@@ -24,12 +24,15 @@ margin (AUROC and AUPRC of the issue score 1 - quality against the true noisy ma
 learning's issue mask (precision, recall, F1 against the mask) and its estimated noise rate beside
 the realised one (plexbench.metrics.label_noise).
 
-**robustness** - how much does adapting on noisy labels cost? A linear probe (as above, per
-member, on the pre-logits of `train`, the labelled set) is fitted on the noisy labels and evaluated
-on the CLEAN labels of the task's `dataset` (the test split): accuracy, NLL (exact, from the
-averaged probabilities clipped below at 1e-12 only to stay finite) and ECE (15 bins). The same probe
-fitted on the clean labels is the reference; the drops are accuracy(clean-trained) -
-accuracy(noisy-trained), and NLL / ECE of noisy-trained minus clean-trained.
+**robustness** - how much does adapting on noisy labels cost? The model is adapted on the noisy
+labels of `train` (the labelled set) and evaluated on the CLEAN labels of the task's `dataset` (the
+test split): accuracy, NLL (exact, from the averaged probabilities clipped below at 1e-12 only to
+stay finite) and ECE (15 bins). `adapt: probe` (default): a linear probe as above, per member, on
+the frozen pre-logits. `adapt: finetune`: fine-tuning through plexbench.training (the pretrained
+trunk with a fresh zero head, settings in `params.finetune`, FinetuneParams; the runner hands the
+kind the trainable model). The same adaptation on the clean labels is the reference; the drops are
+accuracy(clean-trained) - accuracy(noisy-trained), and NLL / ECE of noisy-trained minus
+clean-trained.
 
 Rows (dataset = the task dataset's label; num_classes = K of the label space: the model's classes
 with `scores: model`, else the dataset's, as the probe's; few-shot rows do the same; `<p>` = `noise_detection` or `noise_robustness`, so the
@@ -117,13 +120,53 @@ class NoiseSpec:
 
 
 @dataclass(frozen=True)
+class FinetuneParams:
+    """Fine-tuning on the noisy labels through plexbench.training (`adapt: finetune`): the
+    pretrained trunk with a fresh zero head of the dataset's K classes, `steps` updates of
+    `optimizer` (sgd with `momentum`, or adamw) at `learning_rate` (`schedule` constant or
+    warmup_cosine with `warmup_steps`), batches of `batch_size` (the labelled set repeated and
+    shuffled with the noise seed), global-norm clip `clip_norm`, decoupled `weight_decay`;
+    `trainable`: all parameters or the head only. Defaults: spec §6's fine-tuning settings
+    (SGD, momentum 0.9, lr 0.01 constant, clip 1, batch 512, no weight decay). No early stopping:
+    it would need validation labels, and clean ones are exactly what a noisy-label user lacks."""
+
+    steps: int = field(default=500, metadata=POSITIVE)
+    batch_size: int = field(default=512, metadata=POSITIVE)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    schedule: Literal["constant", "warmup_cosine"] = "constant"
+    warmup_steps: int = 0
+    clip_norm: float | None = 1.0
+    weight_decay: float = 0.0
+    trainable: Literal["all", "head"] = "all"
+
+    def validate(self) -> None:
+        if not self.learning_rate > 0:
+            raise FieldError("learning_rate", "a positive number", self.learning_rate)
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise FieldError("clip_norm", "a positive number or null", self.clip_norm)
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise FieldError("warmup_steps" if self.warmup_steps < 0 else "weight_decay", "a non-negative number")
+
+    def config(self, seed: int):
+        from plexbench.training import FinetuneConfig
+
+        return FinetuneConfig(optimizer=self.optimizer, learning_rate=self.learning_rate, momentum=self.momentum,
+                              weight_decay=self.weight_decay, schedule=self.schedule, warmup_steps=self.warmup_steps,
+                              clip_norm=self.clip_norm, batch_size=self.batch_size, max_steps=self.steps,
+                              sampling="repeat", trainable=self.trainable, seed=seed, rng_seed=seed)
+
+
+@dataclass(frozen=True)
 class LabelNoiseParams:
     """- `protocol`: detection | robustness (module docstring).
     - `noise`: the settings (a list of NoiseSpec); `repeats`: draws per synthetic setting (seeds
       task.seed, task.seed + 1, ...; real noise is one fixed draw).
     - detection: `scores` (model | cross_validated_probe), `folds` (cross-validation folds, >= 2).
-    - robustness: `train` (the labelled set the probe adapts on; default: the task's dataset at
-      split `train`).
+    - robustness: `train` (the labelled set the model adapts on; default: the task's dataset at
+      split `train`); `adapt`: probe (on the frozen pre-logits) or finetune (through
+      plexbench.training, settings in `finetune`, a FinetuneParams).
     - probes: `l2` (C = 1 / l2 of the logistic regression on standardised pre-logits).
     - `curve_points`: at most this many issue scores per side in the detection ROC curves.
     """
@@ -134,6 +177,8 @@ class LabelNoiseParams:
     scores: Literal["model", "cross_validated_probe"] = "model"
     folds: int = field(default=5, metadata=POSITIVE)
     train: DatasetRef | None = None
+    adapt: Literal["probe", "finetune"] = "probe"
+    finetune: FinetuneParams | None = None
     l2: float = 1.0
     curve_points: int = field(default=200, metadata=POSITIVE)
 
@@ -152,7 +197,14 @@ class LabelNoiseParams:
             if self.scores == "cross_validated_probe" and self.folds < 2:
                 raise FieldError("folds", "at least 2 folds", self.folds)
         elif self.scores != "model":
-            raise FieldError("scores", "nothing for robustness (it always adapts a probe)", self.scores)
+            raise FieldError("scores", "nothing for robustness (it adapts the model instead)", self.scores)
+        if self.adapt == "finetune" and self.protocol != "robustness":
+            raise FieldError("adapt", "probe for detection (its cross-validated scores come from probes)", self.adapt)
+        if self.finetune is not None and self.adapt != "finetune":
+            raise FieldError("finetune", "nothing unless adapt: finetune")
+
+    def finetuning(self) -> FinetuneParams:
+        return self.finetune or FinetuneParams()
 
     def metrics(self) -> tuple[str, ...]:
         return DETECTION_METRICS if self.protocol == "detection" else ROBUSTNESS_METRICS
@@ -222,7 +274,19 @@ class LabelNoise(TaskKind):
         p = task.params
         if p.protocol == "detection":
             return [Need("labelled", task.dataset, pre_logits=p.scores == "cross_validated_probe")]
-        return [Need("labelled", self.labelled_ref(task), pre_logits=True), Need("eval", task.dataset, pre_logits=True)]
+        probe = p.adapt == "probe"
+        return [Need("labelled", self.labelled_ref(task), pre_logits=probe),
+                Need("eval", task.dataset, pre_logits=probe)]
+
+    def adapts(self, task: TaskSpec) -> bool:
+        return task.params.protocol == "robustness" and task.params.adapt == "finetune"
+
+    def cost(self, task: TaskSpec) -> dict | None:
+        p = task.params
+        if not self.adapts(task):
+            return None
+        runs = 1 + sum(1 if s.type == "real" else p.repeats for s in p.noise)
+        return {"curves": 1, "rounds": runs, "max_steps": p.finetuning().steps, "batch_size": p.finetuning().batch_size}
 
     def datasets(self, task: TaskSpec) -> list[tuple[str, str]]:
         labelled = self.labelled_ref(task)
@@ -281,16 +345,16 @@ class LabelNoise(TaskKind):
     def _evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
         p = task.params
         labelled = inputs["labelled"]
-        if p.protocol == "robustness" or p.scores == "cross_validated_probe":
+        if (p.protocol == "robustness" and p.adapt == "probe") or p.scores == "cross_validated_probe":
             for split in inputs.values():
                 if split.embeddings is None:
                     raise PlexbenchError(f"label_noise task '{task.name}' needs pre-logits, which these predictions lack")
         wanted = task.metrics or p.metrics()
         num_classes = self._label_space(task, labelled)
-        clean_reference = None
+        clean_reference = adapter = None
         if p.protocol == "robustness":
-            clean_reference = robustness_metrics(inputs["eval"], probe_probs(labelled, labelled.labels,
-                                                                             inputs["eval"], num_classes, p.l2))
+            adapter = self._adapter(task, labelled, inputs["eval"], num_classes, ctx)
+            clean_reference = adapter("clean", labelled.labels, task.seed)
         settings, roc = [], {}
         for spec in p.noise:
             runs = []
@@ -301,8 +365,8 @@ class LabelNoise(TaskKind):
                     if r == 0:
                         roc[spec.name] = curves
                 else:
-                    probs = probe_probs(labelled, noisy.labels, inputs["eval"], num_classes, p.l2)
-                    values = with_drops(robustness_metrics(inputs["eval"], probs), clean_reference)
+                    values = with_drops(adapter(f"{spec.name}/{task.seed + r}", noisy.labels, task.seed + r),
+                                        clean_reference)
                 values["noise_rate"] = noisy.realised_rate
                 runs.append((noisy, values))
             settings.append((spec, runs))
@@ -317,6 +381,17 @@ class LabelNoise(TaskKind):
                 "num_classes": num_classes, "labelled": {"dataset": labelled.ref.label, "split": labelled.ref.split,
                                                          "n": labelled.n}}
         return TaskResult(rows=rows, curves={"label_noise": jsonable(curves)}, info=jsonable(info))
+
+    def _adapter(self, task: TaskSpec, train: Split, test: Split, num_classes: int, ctx: EvalContext):
+        """`adapt(run_name, train_labels, seed) -> robustness_metrics on the clean test labels`."""
+        p = task.params
+        if p.adapt == "probe":
+            return lambda name, labels, seed: robustness_metrics(test, probe_probs(train, labels, test, num_classes,
+                                                                                   p.l2))
+        if ctx.model is None:
+            raise PlexbenchError(f"label_noise task '{task.name}' fine-tunes the model, but no trainable model "
+                                 "was handed to it")
+        return FinetuneAdapter(ctx, p.finetuning(), train, test, num_classes)
 
     def _label_space(self, task: TaskSpec, labelled: Split) -> int:
         """K the noise is drawn over: the model's classes (scores: model) or the dataset's."""
@@ -447,6 +522,76 @@ def _member_average(x_train: np.ndarray, y: np.ndarray, x_test: np.ndarray, num_
     probe = fit_probe(x_train, np.searchsorted(classes, y), int(classes.shape[0]), [l2])
     probs[:, classes] = probe.predict(x_test)[0]
     return probs
+
+
+class FinetuneAdapter:
+    """Robustness by fine-tuning (`adapt: finetune`): each call fine-tunes the pretrained model with
+    a fresh zero head on the training images with the given labels (plexbench.training.finetune,
+    seeded with the noise seed) and returns `robustness_metrics` of the ensemble probabilities (mean
+    of the members' softmax) on the clean test labels. Finished runs' metrics are kept in the kind's state file (ctx.state_path,
+    tagged with ctx.state_key) and a run in progress in a checkpoint beside it, so an interrupted
+    task resumes where it stopped."""
+
+    def __init__(self, ctx: EvalContext, settings: FinetuneParams, train: Split, test: Split, num_classes: int):
+        self.ctx, self.settings, self.num_classes = ctx, settings, num_classes
+        self.model = ctx.model
+        self.train_images = self._images(train)
+        self.test_images = self._images(test)
+        self.test = test
+        self.done = self._read_state()
+
+    def _images(self, split: Split):
+        """(uint8 images of the split's rows, the model's preprocessing with the reference's prefix)."""
+        from plexbench.data.preprocess import parse
+        from plexbench.data.registry import get_dataset
+
+        arrays = self.ctx.load_arrays(split.ref.name, split.ref.split, int(split.ids.max()) + 1)
+        spec = self.model.preprocess or get_dataset(split.ref.name).default_preprocess
+        if split.ref.preprocess:
+            spec = f"{split.ref.preprocess}|{spec}"
+        return np.asarray(arrays["image"])[split.ids], parse(spec)
+
+    def __call__(self, name: str, labels: np.ndarray, seed: int) -> dict[str, float]:
+        if name in self.done:
+            return dict(self.done[name])
+        from plexbench.training import TrainData, finetune
+        from plexbench.training.evaluate import EvalData, Forward, member_probs
+
+        apply = self.model.apply_fn(self.num_classes)
+        images, transform = self.train_images
+        checkpoint = None
+        if self.ctx.state_path is not None:
+            checkpoint = self.ctx.state_path.with_name(self.ctx.state_path.name + ".run.npz")
+        result = finetune(apply, self.model.with_zero_head(self.num_classes, seed),
+                          TrainData(images, np.asarray(labels), transform), self.settings.config(seed),
+                          checkpoint=checkpoint, identity={"run": name, "state": self.ctx.state_key},
+                          desc=f"fine-tune {name}")
+        test_images, test_transform = self.test_images
+        logits = Forward(apply, batch_size=self.settings.batch_size)(
+            result.params, EvalData(test_images, self.test.labels, self.test.ids, test_transform))["logits"]
+        self.done[name] = robustness_metrics(self.test, member_probs(logits).mean(axis=0))
+        self._write_state()
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
+        return dict(self.done[name])
+
+    def _read_state(self) -> dict:
+        import json
+
+        path = self.ctx.state_path
+        if path is None or not path.is_file():
+            return {}
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return dict(doc.get("runs", {})) if doc.get("key") == self.ctx.state_key else {}
+
+    def _write_state(self) -> None:
+        from plexbench import fileio
+
+        if self.ctx.state_path is not None:
+            fileio.write_json(self.ctx.state_path, {"key": self.ctx.state_key, "runs": self.done})
 
 
 # ----------------------------------------------------------------------------- helpers
