@@ -173,7 +173,9 @@ def test_categories_and_score_exclusions(tmp_path):
     assert kind.row_category(rob, "noise_robustness/accuracy") == "prediction"
     assert kind.row_category(rob, "noise_robustness/nll_increase") == "prediction"
     assert kind.row_category(rob, "noise_robustness/ece") == "uncertainty"
-    assert kind.row_category(None, "noise_robustness/accuracy") == "prediction"  # converted results: declared
+    assert kind.row_category(None, "noise_robustness/accuracy") == "prediction"  # converted results: no task
+    assert kind.row_category(None, "noise_robustness/symmetric_20/noise_rate") == "prediction"
+    assert kind.row_category(None, "noise_detection/noise_rate") == "uncertainty"
     assert kind.row_category(None, "noise_detection/symmetric_20/confident_learning/issue_f1") == "uncertainty"
     rows = kind.evaluate(det, {"labelled": _model_split(200)}, EvalContext()).rows
     scored = {r.metric for r in rows if not r.score_exclusion}

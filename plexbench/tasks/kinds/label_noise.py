@@ -216,7 +216,7 @@ class LabelNoise(TaskKind):
 
     Params = LabelNoiseParams
     metrics = tuple(dict.fromkeys(DETECTION_METRICS + ROBUSTNESS_METRICS))
-    summary = "wrong labels: detection (quality scores, confident learning) and robustness of a probe trained on them"
+    summary = "wrong labels: detection (quality scores, confident learning) and robustness of a probe or fine-tuning on them"
     reads_data = True  # real noise reads the dataset's noisy label key
     category = None  # per row: see row_category
     headline = tuple(f"{PREFIX[p]}/{m}" for p in ("detection", "robustness") for m in SCORED[p])
@@ -297,19 +297,19 @@ class LabelNoise(TaskKind):
         p = task.params
         if p.protocol == "detection" and p.scores == "model":
             return super().num_classes(task)
-        return None  # a probe replaces the model's head
+        return None  # a probe or a fresh head replaces the model's head: any model fits
 
     def row_category(self, task: TaskSpec | None, metric: str) -> str:
         """detection -> uncertainty; robustness -> prediction, except ECE rows (uncertainty).
 
-        Without the task (results converted from another format) the metric's declared category
-        decides, which agrees: the two protocols' metric names differ."""
+        The protocol is read from the metric's prefix, so results converted from another format
+        (no task at hand) get the same categories."""
         from plexbench.metrics.vocabulary import metric_info
 
-        info = metric_info(metric)
-        if task is None:
-            return info.category
-        if task.params.protocol == "detection" or info.name in ("ece", "ece_increase"):
+        protocol = {v: k for k, v in PREFIX.items()}.get(metric.split("/", 1)[0])
+        if protocol is None:  # not a name this kind writes
+            return metric_info(metric).category
+        if protocol == "detection" or metric_info(metric).name in ("ece", "ece_increase"):
             return "uncertainty"
         return "prediction"
 
