@@ -15,9 +15,13 @@
      numpy     the numpy ops on a thread pool after tf.data's decode (`tf_ops=False`; the path before issue 17)
      tf        the ops' TensorFlow twins inside tf.data's parallel map, float32 images out
      tf+uint8  the same, the final value_range left to the device (`uint8_images=True`)
-   Median of --repeats passes over the images, and the growth of resident memory over the passes
-   (peak RSS minus RSS after a warm-up). Per-core rate = the 1-core rate; the 16-core figure is
-   16 x that, an EXTRAPOLATION (linear scaling assumed; the 2-core/1-core ratio shows how far it held here).
+     decode    the floor: the same TFDS read and JPEG decode, no preprocessing (one row for both specs)
+   Each measurement is one pass over the images after a warm-up, in its own process; rounds of all
+   of them are interleaved and medians reported. Wall-clock images/s, images per CPU-second (user +
+   system time of all the process's threads: the per-core rate, robust to other load on shared
+   cores), and the growth of resident memory over the pass (peak RSS minus RSS after the warm-up).
+   The 16-core figure is 16 x the per-core rate, an EXTRAPOLATION (linear scaling assumed; the
+   2-core/1-core wall-clock ratio shows how far it held here).
 2. Model side. The matmul peak measured in this run (float32 2048^2 on CPU; bfloat16 8192^2 on an
    accelerator) and the matmul FLOPs per image of plex-vit-{b32,l32}-imagenet (plexbench.models.flops):
    images/s at that peak; and images/s of an H100/H200 at 60% of NVIDIA's published dense bfloat16
@@ -64,7 +68,8 @@ SPECS = {
     "finetuned 384": "resize(384)|value_range(-1,1)",
     "upstream 224": "resize_small(256)|central_crop(224)|value_range(-1,1)",
 }
-PATHS = {"numpy": {"tf_ops": False}, "tf": {"tf_ops": True}, "tf+uint8": {"tf_ops": True, "uint8_images": True}}
+PATHS = {"numpy": {"tf_ops": False}, "tf": {"tf_ops": True}, "tf+uint8": {"tf_ops": True, "uint8_images": True},
+         "decode": None}  # the floor: TFDS read + JPEG decode alone, no preprocessing
 MODELS = ("plex-vit-b32-imagenet", "plex-vit-l32-imagenet")
 PUBLISHED_BF16_DENSE = 989.4e12  # H100 SXM / H200 SXM, NVIDIA datasheets (1,979 with sparsity)
 TARGET_MFU = 0.6
@@ -100,6 +105,22 @@ def synthetic_jpeg(height: int, width: int, seed: int, quality: int = 90) -> byt
     return buf.getvalue()
 
 
+def _one_jpeg(args: tuple[int, int, int]) -> bytes:
+    return synthetic_jpeg(*args)
+
+
+def _make_jpegs(jobs: list[tuple[int, int, int]]) -> list[bytes]:
+    """synthetic_jpeg(h, w, seed) for each job, in order; on many cores in worker processes (forked
+    before TensorFlow is imported here)."""
+    if len(jobs) < 256 or (os.cpu_count() or 1) <= 2:
+        return [_one_jpeg(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_one_jpeg, jobs, chunksize=32))
+
+
 def write_synthetic_imagenet(data_dir: Path, n: int, seed: int = 0) -> dict:
     """Write n synthetic JPEGs as the TFDS dataset `imagenet2012` (split `validation`, the
     registry's `test` role) under `data_dir`, once; returns {'images', 'mean_kb', 'mean_hw'}.
@@ -107,15 +128,14 @@ def write_synthetic_imagenet(data_dir: Path, n: int, seed: int = 0) -> dict:
     The features are ImageNet's that plexbench reads: `image` (None, None, 3) JPEG, `label` of
     1000 classes (random). Order = generation order (shuffling disabled).
     """
-    import tensorflow_datasets as tfds
-
     data_dir = Path(data_dir)
     stats_file = data_dir / "synthetic.json"
     if stats_file.is_file():
         return json.loads(stats_file.read_text())
     sizes = image_sizes(n, seed)
-    jpegs = [synthetic_jpeg(h, w, seed * 1_000_003 + i) for i, (h, w) in enumerate(sizes)]
+    jpegs = _make_jpegs([(h, w, seed * 1_000_003 + i) for i, (h, w) in enumerate(sizes)])
     labels = np.random.default_rng(seed).integers(0, 1000, n)
+    import tensorflow_datasets as tfds
 
     class SyntheticImagenet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         name = "imagenet2012"
@@ -143,34 +163,73 @@ def write_synthetic_imagenet(data_dir: Path, n: int, seed: int = 0) -> dict:
     return stats
 
 
+def ensure_synthetic_imagenet(data_dir: Path, n: int) -> dict:
+    """`write_synthetic_imagenet` in a fresh process (no JAX threads when it forks its workers)."""
+    stats_file = Path(data_dir) / "synthetic.json"
+    if not stats_file.is_file():
+        subprocess.run([sys.executable, __file__, "--make-data", str(data_dir), str(n)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    return json.loads(stats_file.read_text())
+
+
 # ----------------------------------------------------------------------------------- part 1: pipeline
 
 
 def measure_pipeline(job: dict) -> dict:
-    """In this process (pinned to job['cores'] cores first): images/s of `pipeline.batches` over the
-    synthetic split, median of job['repeats'] passes, and peak RSS growth in MiB."""
+    """In this process (pinned to job['cores'] cores first): one warm-up, then job['repeats'] timed
+    passes of `pipeline.batches` over the synthetic split. Returns the wall-clock rates (images/s),
+    the rates per CPU-second (images / (user + system seconds of all threads): what the work costs,
+    nearly independent of other load on shared cores), and the peak RSS growth in MiB."""
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:job["cores"]]))
     import resource
 
     from plexbench.data import pipeline
 
-    def one_pass(stop=None) -> tuple[int, float]:
-        t = time.perf_counter()
-        n = 0
-        for batch in pipeline.batches("imagenet2012", "test", batch_size=job["batch"], preprocess=job["spec"],
-                                      data_dir=job["data_dir"], stop=stop, **PATHS[job["path"]]):
-            n += int(batch["mask"].sum())
-        return n, time.perf_counter() - t
+    def cpu_seconds() -> float:
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        return use.ru_utime + use.ru_stime
 
-    one_pass(stop=2 * job["batch"])  # warm-up: imports, TFDS metadata, thread pools
+    def one_pass(stop=None) -> tuple[int, float, float]:
+        t, c = time.perf_counter(), cpu_seconds()
+        n = 0
+        if job["path"] == "decode":
+            batches = decode_only(job["data_dir"], stop, job["batch"])
+        else:
+            batches = pipeline.batches("imagenet2012", "test", batch_size=job["batch"], preprocess=job["spec"],
+                                       data_dir=job["data_dir"], stop=stop, **PATHS[job["path"]])
+        for batch in batches:
+            n += int(batch["mask"].sum())
+        return n, time.perf_counter() - t, cpu_seconds() - c
+
+    one_pass(stop=2 * job["batch"])  # warm-up: imports, TFDS metadata, tf.data graphs, thread pools
     base_mib = _rss_mib()
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(job["repeats"]):
-        n, seconds = one_pass()
+        n, seconds, cpu = one_pass()
         rates.append(n / seconds)
+        cpu_rates.append(n / cpu)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"rate": statistics.median(rates), "rates": rates, "rss_growth_mib": max(0.0, peak_mib - base_mib),
-            "workers": pipeline.input_workers()}
+    return {"rates": rates, "cpu_rates": cpu_rates, "rss_growth_mib": max(0.0, peak_mib - base_mib),
+            "workers": pipeline.input_workers(), "rate": statistics.median(rates)}
+
+
+def decode_only(data_dir: str, stop: int | None, batch: int):
+    """Batches of {'mask'} after the same TFDS read and JPEG decode as the pipeline (same parallelism
+    and threading options), each image reduced to its shape: the cost of decoding alone."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from plexbench.data import load, pipeline
+
+    info, folder = load.locate("imagenet2012", data_dir)
+    spec = load.split_range("imagenet2012", "test", data_dir).tfds_spec(0, stop)
+    workers = pipeline.input_workers()
+    ds = load.read_dataset(info, folder, spec).map(lambda ex: {"mask": tf.shape(ex["image"])[0] > 0},
+                                                   num_parallel_calls=workers, deterministic=True)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = workers
+    options.threading.max_intra_op_parallelism = 1
+    yield from tfds.as_numpy(ds.batch(batch).prefetch(1).with_options(options))
 
 
 def _rss_mib() -> float:
@@ -188,28 +247,45 @@ def run_pipeline_job(job: dict) -> dict:
 
 
 def pipeline_part(data_dir: Path, cores: list[int], repeats: int, paths: list[str], stats: dict) -> dict:
+    """Every (spec, path, cores) once per round, rounds interleaved so that changes in the machine's
+    load spread over all of them; medians over the rounds."""
     print(f"\n== 1. pipeline: {stats['images']} synthetic JPEGs, mean {stats['mean_hw'][0]:.0f}x{stats['mean_hw'][1]:.0f}, "
-          f"{stats['mean_kb']:.0f} KB; batch {BATCH}; median of {repeats} passes; decode (TFDS) + preprocess")
-    results = {}
-    for label, spec in SPECS.items():
-        for path in paths:
-            for c in cores:
-                job = {"cores": c, "spec": spec, "path": path, "data_dir": str(data_dir), "repeats": repeats, "batch": BATCH}
-                results[label, path, c] = run_pipeline_job(job)
-    head = "".join(f"{f'{c} core' + ('s' if c > 1 else '')  + ' img/s':>16}" for c in cores)
-    print(f"{'spec':<15}{'path':<10}{head}{'per core':>10}{f'x{EXTRAPOLATE_CORES} (extrap.)':>17}{'RSS growth':>12}")
+          f"{stats['mean_kb']:.0f} KB; batch {BATCH}, prefetch 2; decode (TFDS) + preprocess; median of {repeats} "
+          "interleaved rounds")
+    runs: dict = {}
+    for _ in range(repeats):
+        for label, spec in SPECS.items():
+            for path in paths:
+                if path == "decode" and label != next(iter(SPECS)):
+                    continue  # no preprocessing: the same for every spec
+                for c in cores:
+                    job = {"cores": c, "spec": spec, "path": path, "data_dir": str(data_dir), "repeats": 1, "batch": BATCH}
+                    runs.setdefault((label, path, c), []).append(run_pipeline_job(job))
+    results = {key: {"rate": statistics.median(r["rates"][0] for r in rs),
+                     "cpu_rate": statistics.median(r["cpu_rates"][0] for r in rs),
+                     "rss_growth_mib": max(r["rss_growth_mib"] for r in rs)} for key, rs in runs.items()}
+    head = "".join(f"{f'{c} core' + ('s' if c > 1 else '') + ' img/s':>15}" for c in cores)
+    print(f"{'spec':<15}{'path':<10}{head}{'img/CPU-s':>11}{f'x{EXTRAPOLATE_CORES} (extrap.)':>16}{'RSS growth':>12}")
     for label in SPECS:
         for path in paths:
+            if (label, path, cores[0]) not in results:
+                continue
             row = [results[label, path, c] for c in cores]
-            per_core = results[label, path, min(cores)]["rate"] / min(cores)
-            print(f"{label:<15}{path:<10}" + "".join(f"{r['rate']:>16,.0f}" for r in row)
-                  + f"{per_core:>10,.0f}{per_core * EXTRAPOLATE_CORES:>17,.0f}"
-                  + f"{max(r['rss_growth_mib'] for r in row):>9,.0f} MiB")
+            per_core = statistics.median(r["cpu_rate"] for r in row)
+            print(f"{label:<15}{path:<10}" + "".join(f"{r['rate']:>15,.0f}" for r in row)
+                  + f"{per_core:>11,.0f}{per_core * EXTRAPOLATE_CORES:>16,.0f}"
+                  + f"{max(r['rss_growth_mib'] for r in row):>8,.0f} MiB")
+            for r in row:
+                r["per_core"] = per_core
+    print("img/s: wall clock on that many pinned cores (other processes share them); img/CPU-s: images per second "
+          f"of CPU time of all the process's threads, the per-core rate; x{EXTRAPOLATE_CORES}: {EXTRAPOLATE_CORES} x the "
+          "per-core rate, an EXTRAPOLATION assuming linear scaling over cores")
     if len(cores) > 1:
         lo, hi = min(cores), max(cores)
-        ratios = [results[k, p, hi]["rate"] / results[k, p, lo]["rate"] for k in SPECS for p in paths]
-        print(f"scaling {hi} cores / {lo}: {min(ratios):.2f}..{max(ratios):.2f} (ideal {hi / lo:.0f}; "
-              "the cores are shared with other work, see the load average)")
+        ratios = [results[k, p, hi]["rate"] / results[k, p, lo]["rate"] for k in SPECS for p in paths
+                  if (k, p, hi) in results]
+        print(f"wall-clock scaling {hi} cores / {lo}: {min(ratios):.2f}..{max(ratios):.2f} (ideal {hi / lo:.0f}; "
+              "below it when other work holds the cores, see the load average)")
     return results
 
 
@@ -410,8 +486,8 @@ def device_part(args, data_dir: Path | None, stats: dict | None) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, help="synthetic JPEGs (default 512; --cpu-smoke 48; --accelerator 4096)")
-    p.add_argument("--repeats", type=int, help="timed passes per pipeline measurement (default 3)")
+    p.add_argument("--images", type=int, help="synthetic JPEGs (default 256; --cpu-smoke 48; --accelerator 4096)")
+    p.add_argument("--repeats", type=int, help="rounds of pipeline measurements (default 3)")
     p.add_argument("--cores", help="comma-separated worker cores for part 1 (default 1,2)")
     p.add_argument("--paths", default=",".join(PATHS), help=f"pipeline paths to time (default {','.join(PATHS)})")
     p.add_argument("--head-batches", default="32,128", help="batch sizes of part 3 (default 32,128)")
@@ -423,19 +499,26 @@ def parse_args(argv=None):
     p.add_argument("--device-batch", type=int, help="batch of part 4 (default 256; --cpu-smoke 4)")
     p.add_argument("--cpu-smoke", action="store_true", help="every part at tiny sizes, on the CPU")
     p.add_argument("--pipeline-job", help=argparse.SUPPRESS)
+    p.add_argument("--make-data", nargs=2, metavar=("DIR", "N"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def _have_tensorflow() -> bool:
     import importlib.util
 
-    return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tensorflow_datasets", "PIL"))
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tensorflow_datasets", "PIL"))
+    except (ImportError, ValueError):
+        return False
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.pipeline_job:
         print(json.dumps(measure_pipeline(json.loads(args.pipeline_job))))
+        return 0
+    if args.make_data:
+        write_synthetic_imagenet(Path(args.make_data[0]), int(args.make_data[1]))
         return 0
     if args.cpu_smoke:
         os.environ["JAX_PLATFORMS"] = "cpu"
@@ -444,11 +527,11 @@ def main(argv=None) -> int:
     backend = jax.default_backend()
     accel = backend in ("gpu", "cuda", "rocm", "tpu")
     smoke = args.cpu_smoke
-    n = args.images or (48 if smoke else 4096 if accel or args.accelerator else 512)
+    n = args.images or (48 if smoke else 4096 if accel or args.accelerator else 256)
     repeats = args.repeats or (1 if smoke else 3)
     cores = [int(c) for c in args.cores.split(",")] if args.cores else ([1] if smoke else [1, 2])
     cores = [c for c in cores if c <= len(os.sched_getaffinity(0))]
-    paths = [p for p in args.paths.split(",") if p]
+    paths = [p for p in args.paths.split(",") if p] if not (smoke and args.paths == ",".join(PATHS)) else ["tf+uint8"]
     print(f"backend {backend} ({jax.devices()[0].device_kind}); {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)")
 
@@ -456,13 +539,12 @@ def main(argv=None) -> int:
     if _have_tensorflow() and not (args.skip_pipeline and not (accel or args.accelerator or smoke)):
         data_dir = Path(args.cache_dir) / f"jpeg-{n}-seed0"
         t = time.perf_counter()
-        stats = write_synthetic_imagenet(data_dir, n)
+        stats = ensure_synthetic_imagenet(data_dir, n)
         print(f"synthetic dataset: {data_dir} ({time.perf_counter() - t:.1f} s)")
     host16 = None
     if not args.skip_pipeline and data_dir is not None and not accel:
         results = pipeline_part(data_dir, cores, repeats, paths, stats)
-        c = min(cores)
-        host16 = max(results["finetuned 384", p, c]["rate"] / c for p in paths) * EXTRAPOLATE_CORES
+        host16 = max(results["finetuned 384", p, min(cores)]["per_core"] for p in paths if p != "decode") * EXTRAPOLATE_CORES
 
     peak_dtype, n_peak = ("bfloat16", 8192) if accel else ("float32", 256 if smoke else 2048)
     peaks = {peak_dtype: matmul_peak(peak_dtype, n_peak)}
