@@ -68,12 +68,18 @@ def run_leaderboard(args) -> int:
                            exclude=args.exclude, with_paper=not args.no_paper)
     out = Path(args.out) if args.out else Path(args.results_dirs[0]) / f"leaderboard_{args.preset}.csv"
     paths = write_leaderboard(lb, out)
+    several = len(lb.groups) > 1
     shown = [c for c in lb.wide.columns if c in ("model", "score_x100", "score_ci_low_x100", "score_ci_high_x100",
-                                                "best", "mean_rank", "n_missing") or c.endswith("_score_x100")]
+                                                "best", "mean_rank", "n_missing") or c.endswith("_score_x100")
+             or (several and c == "group")]
     print(format_table(lb.wide[lb.wide["kind"] == "run"][shown].to_dict("records")))
-    if lb.score.missing:
-        print(f"models with missing columns: {', '.join(f'{m} ({len(c)})' for m, c in lb.score.missing.items())} "
-              f"(listed in {paths['json'].name})")
+    if several:
+        print(f"scored within {len(lb.groups)} groups of models with the same number of classes: "
+              + "; ".join(f"{g.title}: {', '.join(g.models)}" for g, _ in lb.groups))
+    for model, note in (lb.notes or {}).items():
+        print(f"{model}: {note}")
+    if lb.notes:
+        print(f"(missing columns are listed in {paths['json'].name})")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -294,8 +294,3 @@ def init_params(config: ModelConfig, seed: int = 0) -> dict:
     params = init(jax.random.PRNGKey(seed))
     return unflatten_params({k: np.asarray(v, np.float32) for k, v in flatten_params(params).items()})
 
-
-def checkpoint_summary(path: str | os.PathLike) -> dict:
-    """{'path', 'sha256', 'bytes'} of a checkpoint file, for model cards and identities."""
-    p = Path(path)
-    return {"path": str(p), "sha256": fileio.sha256_file(p), "bytes": p.stat().st_size}

@@ -1,4 +1,4 @@
-"""Run a suite over models and write the results directory (plexbench.tasks.results).
+"""Run a suite over models and write the results directory (format: plexbench.results_schema).
 
 Per model, in the suite's task order:
 
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from plexbench import __version__, fileio, paths
+from plexbench import results_schema as RS
 from plexbench.errors import PlexbenchError
 from plexbench.tasks import registry as R
-from plexbench.tasks import results as RS
 from plexbench.tasks.kinds.base import EvalContext, Need, Split
 from plexbench.tasks.sources import FileModel, InferenceModel, ModelSource, Request, split_from_arrays
 from plexbench.tasks.spec import SuiteSpec, TaskSpec
@@ -303,7 +303,7 @@ def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report
               if not (need.optional and model.missing(preds.request_for(need)))}
     result = kind.evaluate(task, inputs, ctx)
     seconds = time.perf_counter() - started
-    RS.write_task_result(path, _task_doc(task, model, result, k, inputs_sha, options, seconds))
+    RS.write_task_result(path, _task_doc(task, kind, model, result, k, inputs_sha, options, seconds))
     report.computed.append((task.name, model.name))
     timings.append({"task": task.name, "model": model.name, "seconds": round(seconds, 3), "reused": False})
     _say(options, f"{task.name} / {model.name}: {len(result.rows)} metrics in {seconds:.1f} s")
@@ -348,16 +348,10 @@ def inputs_fingerprint(task: TaskSpec, model: ModelSource, options: RunOptions) 
                                "plexbench": __version__})
 
 
-def _task_doc(task, model, result, k, inputs_sha, options, seconds) -> dict:
-    dataset = result.dataset or task.dataset.label
-    split = result.split or task.dataset.split
-    return {
-        "task": task.name, "kind": task.kind, "version": task.version, "model": model.name,
-        "dataset": dataset, "split": split, "metrics": RS.metrics_map(result.rows, dataset),
-        "rows": RS.rows_to_json(result.rows), "curves": result.curves, "info": result.info,
-        "num_classes": k, "bootstrap": task.bootstrap, "limit": options.limit,
-        "inputs_sha256": inputs_sha, "seconds": round(seconds, 3),
-    }
+def _task_doc(task, kind, model, result, k, inputs_sha, options, seconds) -> dict:
+    return RS.task_document(task=task, kind=kind, model=model.name, result=result, num_classes=k, extra={
+        "bootstrap": task.bootstrap, "limit": options.limit, "inputs_sha256": inputs_sha,
+        "seconds": round(seconds, 3)})
 
 
 def _model_info(model: ModelSource, previous: dict, options) -> dict:
