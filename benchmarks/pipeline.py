@@ -475,7 +475,10 @@ def device_part(args, data_dir: Path | None, stats: dict | None) -> None:
             head_s, _ = head_seconds(batch, dtype, num_samples=config.num_mc_samples, features=config.hidden_size,
                                      reps=3)
             e2e = end_to_end_rate(engine, data_dir, SPECS["finetuned 384"], batch) if data_dir is not None else None
-            keeps = "n/a" if host is None else ("yes" if host["rate"] >= fwd else f"NO ({host['rate'] / fwd:.0%} of the model's rate)")
+            host_rate = host["rate"] if host is not None else args.host_rate
+            keeps = "n/a" if host_rate is None else ("yes" if host_rate >= fwd else f"NO ({host_rate / fwd:.0%} of the model's rate)")
+            if host is None and host_rate is not None:
+                keeps += f" (vs --host-rate {host_rate:,.0f}, not measured here)"
             print(f"{name:<24}{batch:>6}{flops / 1e9:>10.2f}{fwd:>11,.1f}{fwd * flops / peak:>7.1%}{head_s:>9.4f}"
                   f"{head_s / (batch / fwd):>11.1%}{(f'{e2e:,.1f}' if e2e else 'n/a'):>11}  {keeps}")
             del engine, handle
@@ -498,6 +501,8 @@ def parse_args(argv=None):
     p.add_argument("--accelerator", action="store_true", help="part 4 (default: when JAX's backend is gpu/tpu)")
     p.add_argument("--device-batch", type=int, help="batch of part 4 (default 256; --cpu-smoke 4)")
     p.add_argument("--cpu-smoke", action="store_true", help="every part at tiny sizes, on the CPU")
+    p.add_argument("--host-rate", type=float,
+                   help="part 4 without tensorflow: compare the model with this input rate (img/s) measured elsewhere")
     p.add_argument("--pipeline-job", help=argparse.SUPPRESS)
     p.add_argument("--make-data", nargs=2, metavar=("DIR", "N"), help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -2,7 +2,8 @@
 
 `batches(...)` yields dicts of numpy arrays, each with exactly `batch_size` rows:
 `image` float32 (B, H, W, C) after preprocessing, `label` int64 (B,), `id` int64 (B,),
-`mask` bool (B,), plus `soft_label` float32 (B, K) where the dataset has one.
+`mask` bool (B,), plus `soft_label` float32 (B, K) where the dataset has one (with
+`uint8_images=True`: `image` uint8 and `image_table` float32 (256,), see below).
 
 Rules:
 - Order: dataset order (see plexbench.data.load), ids ascending; the same call gives the same
@@ -22,16 +23,18 @@ Rules:
 - Preprocessing: on in-memory sources, plexbench's numpy ops (pieces of a batch on a thread pool).
   On streamed sources a spec runs as TensorFlow twins of the same ops inside tf.data, one image at
   a time, decoding and preprocessing `input_workers()` images in parallel (one per core this
-  process may use), in order; bit-identical to the numpy ops (plexbench.data.preprocess) and about
-  6x faster per core on 500x375 JPEGs (docs/performance.md). `tf_ops=False` keeps the numpy ops
-  (images of varying size then preprocessed one at a time on the thread pool). A callable
+  process may use), in order; bit-identical to the numpy ops (plexbench.data.preprocess), 2-3x
+  cheaper per core on 500x375 JPEGs, and not capped at 8 threads (docs/performance.md).
+  `tf_ops=False` keeps the numpy ops (images of varying size then preprocessed one at a time on
+  the thread pool). A callable
   `preprocess` always runs as given, on numpy batches. Images of varying size need a spec that
   ends in one size.
 - uint8 images (`uint8_images=True`): for a spec of resizes/crops that ends in `value_range(a,b)`,
   that last op is left to the consumer: `image` is the uint8 batch before it and
   `image_table` float32 (256,) its table, with image_table[image] bit-identical to the float32
-  images (`preprocess.split_value_range`). The engine applies the table on the device, so the
-  host neither computes nor moves float32 images (4x fewer bytes). Other specs: no effect.
+  images (`preprocess.split_value_range`) on every row with `mask` True (padding rows are uint8
+  0). The engine applies the table on the device, so the host neither computes nor moves float32
+  images (4x fewer bytes). Other specs: no effect.
 - Prefetch: a background thread prepares up to `prefetch` batches ahead (host-side decoding and
   preprocessing overlap device compute); an exception in it is raised in the consumer;
   `prefetch=0` runs in the caller's thread.
@@ -195,8 +198,9 @@ def _stack_varying(examples: list[dict]) -> dict:
     return out
 
 
-# Batches tf.data keeps ready beyond the one being assembled (the Python prefetch thread adds
-# `prefetch` more): with parallel decoding this is enough to keep the cores busy (measured).
+# Batches tf.data keeps ready beyond the one being assembled. The Python prefetch thread holds
+# `prefetch` more, so the cores keep decoding while the consumer works; host memory stays a few
+# batches (peak RSS growth measured by benchmarks/pipeline.py, docs/performance.md).
 _TF_PREFETCH = 1
 
 
