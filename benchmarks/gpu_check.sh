@@ -65,7 +65,9 @@ else
   if ! sees_gpu; then
     echo "jax does not see a GPU ($("$PY" -c 'import jax; print("jax", jax.__version__, jax.default_backend())' 2>&1 | tail -1)); installing the CUDA build"
     cuda_major=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: \([0-9]*\).*/\1/p' | head -1)
-    for extra in "cuda${cuda_major:-12}" cuda13 cuda12; do
+    extras="cuda13 cuda12"
+    [[ $cuda_major == 12 ]] && extras="cuda12 cuda13"
+    for extra in $extras; do
       pip_install "jax[$extra]" && sees_gpu && break
     done
   fi
