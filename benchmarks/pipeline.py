@@ -239,7 +239,7 @@ def _rss_mib() -> float:
 
 def run_pipeline_job(job: dict) -> dict:
     """`measure_pipeline(job)` in a fresh subprocess (so each gets its own affinity, pools and RSS)."""
-    out = subprocess.run([sys.executable, __file__, "--pipeline-job", json.dumps(job)], capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--pipeline-job", json.dumps(job)], capture_output=True, check=False,
                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if out.returncode != 0:
         raise RuntimeError(f"pipeline job {job} failed:\n{out.stderr[-3000:]}")
