@@ -64,8 +64,10 @@ def test_measure_bootstrap_interval_brackets_value(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 200)
     probs = rng.dirichlet(np.ones(3), 200)
-    row = measure(task, task.dataset, "accuracy", M.accuracy, (labels, probs))
+    [row] = measure(task, task.dataset, {"accuracy": M.accuracy}, M.ExampleStats.from_probs(probs, labels))
     assert row.ci_low <= row.value <= row.ci_high and row.n == 200 and row.ci_low < row.ci_high
+    # the interval of the naive bootstrap (resampling the (N, K) arrays) with the task's seed
+    assert (row.ci_low, row.ci_high) == M.bootstrap_ci(M.accuracy, labels, probs, num_samples=50, seed=task.seed)
 
 
 def test_ood_kind_skips_scorers_without_inputs(tmp_path):

@@ -1,14 +1,16 @@
 """Reliability metrics (spec §5): pure numpy functions, float64 sums, one-line errors.
 
 Metric functions take `(y_true, y_proba | y_score, *, options)` and return a Python float;
-options are keyword-only. Importing this package imports numpy only (no TensorFlow, no
-JAX). Submodules: classification, selective, ensemble, ood, label_uncertainty,
-subpopulation, bootstrap, predictions (file format v1), scoreset (`plexbench score`),
-direction (which way is better).
+options are keyword-only. Instead of the arrays they also take the checked container
+`ExampleStats` (predictions validated once, with per-example statistics computed in one pass;
+OOD metrics: `DetectionScores`), on which they are O(N). Importing this package imports numpy
+only (no TensorFlow, no JAX). Submodules: stats (the container), classification, selective,
+ensemble, ood, label_uncertainty, subpopulation, bootstrap (one resampling policy),
+predictions (file format v1), direction (which way is better).
 """
 
 from plexbench.metrics._checks import UndefinedMetricWarning
-from plexbench.metrics.bootstrap import bootstrap_ci
+from plexbench.metrics.bootstrap import bootstrap_ci, bootstrap_intervals
 from plexbench.metrics.classification import (
     accuracy,
     adaptive_ece,
@@ -24,6 +26,8 @@ from plexbench.metrics.direction import direction
 from plexbench.metrics.ensemble import disagreement, ensemble_log_probs, mean_pairwise_kl
 from plexbench.metrics.label_uncertainty import ged, soft_cross_entropy
 from plexbench.metrics.ood import (
+    DetectionScores,
+    DetectionSet,
     MahalanobisScorer,
     auprc,
     auroc,
@@ -33,12 +37,24 @@ from plexbench.metrics.ood import (
     msp_score,
     ood_metrics,
 )
-from plexbench.metrics.predictions import Predictions, load_prediction_file, save_prediction_file
+from plexbench.metrics.predictions import (
+    Predictions,
+    PredictionStats,
+    load_prediction_file,
+    load_prediction_stats,
+    save_prediction_file,
+)
 from plexbench.metrics.selective import aurc, eaurc, oracle_collaborative_accuracy, risk_coverage_curve
+from plexbench.metrics.stats import NLL_CLIP, ExampleStats
 from plexbench.metrics.subpopulation import group_accuracies, subpopulation_summary
 
 __all__ = [
+    "NLL_CLIP",
+    "DetectionScores",
+    "DetectionSet",
+    "ExampleStats",
     "MahalanobisScorer",
+    "PredictionStats",
     "Predictions",
     "UndefinedMetricWarning",
     "accuracy",
@@ -47,6 +63,7 @@ __all__ = [
     "aurc",
     "auroc",
     "bootstrap_ci",
+    "bootstrap_intervals",
     "brier",
     "calib_auc",
     "classwise_ece",
@@ -60,6 +77,7 @@ __all__ = [
     "ged",
     "group_accuracies",
     "load_prediction_file",
+    "load_prediction_stats",
     "mean_pairwise_kl",
     "mlogit_score",
     "msp_score",

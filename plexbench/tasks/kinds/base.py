@@ -41,15 +41,18 @@ class Split:
     Shapes: `labels` int64 (N,); `log_probs` float (N, K) ensemble log-probabilities (spec §3:
     log-mean-exp over members); `logits` float (E, N, K) or None when unknown (prediction files
     may omit them); `embeddings` float (E, N, D) or None; `ids` int64 (N,), the example index in
-    the split (dataset order).
+    the split (dataset order). `stats`: the per-example statistics (plexbench.metrics.ExampleStats)
+    when the caller already has them (`plexbench score` keeps only those, and `log_probs` is None
+    then); otherwise `split_stats` computes them from `log_probs` once per Split.
     """
 
     ref: DatasetRef
     labels: np.ndarray
-    log_probs: np.ndarray
+    log_probs: np.ndarray | None
     ids: np.ndarray
     logits: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    stats: Any = field(default=None, compare=False, repr=False)
 
     @property
     def n(self) -> int:
@@ -64,8 +67,9 @@ class Split:
         """Rows `index` (a boolean mask or integer indices over N)."""
         def rows(a, axis):
             return None if a is None else np.take(a, np.flatnonzero(index) if index.dtype == bool else index, axis)
+        stats = None if self.stats is None else self.stats.take(index)
         return Split(self.ref, rows(self.labels, 0), rows(self.log_probs, 0), rows(self.ids, 0),
-                     rows(self.logits, 1), rows(self.embeddings, 1))
+                     rows(self.logits, 1), rows(self.embeddings, 1), stats)
 
 
 @dataclass(frozen=True)
@@ -189,18 +193,50 @@ def selected(task: TaskSpec, kind: TaskKind) -> tuple[str, ...]:
     return kind.default_metrics if kind.default_metrics is not None else kind.metrics
 
 
-def measure(task: TaskSpec, ref: DatasetRef, metric: str, fn: Callable[..., float],
-            arrays: Sequence[np.ndarray], *, dataset: str | None = None) -> MetricRow:
-    """fn(*arrays) as a row, with n = len(arrays[0]) and, when the task asks for bootstrap
-    resamples, a 95% percentile interval from plexbench.metrics.bootstrap_ci (rows of all arrays
-    resampled together, seed = task.seed)."""
-    value = float(fn(*arrays))
-    low = high = math.nan
-    if task.bootstrap > 0:
-        from plexbench.metrics import bootstrap_ci
+def split_stats(split: Split, *, labels: bool = True, soft_labels: np.ndarray | None = None,
+                want: Sequence[str] = ()):
+    """The split's per-example statistics (plexbench.metrics.ExampleStats), computed once per Split:
+    `split.stats` when given, else one pass over `split.log_probs` (cached on the Split).
 
-        low, high = bootstrap_ci(fn, *arrays, num_samples=task.bootstrap, seed=task.seed)
-    return MetricRow(dataset or ref.label, ref.split, metric, value, int(len(arrays[0])), float(low), float(high))
+    `labels=False`: without labels (OOD data, whose labels may lie outside the model's classes).
+    `soft_labels` (N, K): statistics against soft labels (not cached). `want`: extra statistics
+    (entropy, margin, ged, ...) to compute in the same pass; others are computed on first use.
+    """
+    from plexbench.metrics import ExampleStats
+    from plexbench.metrics.stats import CORE
+
+    names = tuple(CORE) + tuple(want)
+    if split.stats is not None:
+        return split.stats
+    if soft_labels is not None:
+        return ExampleStats.from_log_probs(split.log_probs, soft_labels=soft_labels, want=names)
+    cache = split.__dict__.setdefault("_stats_cache", {})  # frozen dataclass: a plain attribute dict
+    if labels not in cache:
+        cache[labels] = ExampleStats.from_log_probs(split.log_probs, split.labels if labels else None, want=names)
+    return cache[labels]
+
+
+def measure(task: TaskSpec, ref: DatasetRef, functions: Mapping[str, Callable[[Any], float]], data, *,
+            dataset: str | None = None, n: int | None = None) -> list[MetricRow]:
+    """One row per (metric name, fn): value fn(data), and with `task.bootstrap` > 0 a 95% percentile
+    interval from `task.bootstrap` resamples of `data` drawn with seed `task.seed`
+    (plexbench.metrics.bootstrap_intervals: every metric of the call sees the same resamples; a
+    resample gathers per-example statistics, O(N), and OOD data resamples in- and out-of-distribution
+    rows separately).
+
+    `data`: an ExampleStats (the split's per-example statistics) or a DetectionSet (OOD scores); `n`:
+    the row count reported (default: the data's rows, in- plus out-of-distribution for OOD data).
+    """
+    from plexbench.metrics import bootstrap_intervals
+
+    values = {name: float(fn(data)) for name, fn in functions.items()}
+    intervals = {}
+    if task.bootstrap > 0 and functions:
+        intervals = bootstrap_intervals(functions, data, num_samples=task.bootstrap, seed=task.seed)
+    rows_n = n if n is not None else sum(k for k, _ in data.strata)
+    return [MetricRow(dataset or ref.label, ref.split, name, value, int(rows_n),
+                      *(float(x) for x in intervals.get(name, (math.nan, math.nan))))
+            for name, value in values.items()]
 
 
 def summary_row(ref_label: str, split: str, metric: str, value: float, n: int,

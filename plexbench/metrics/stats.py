@@ -1,0 +1,635 @@
+"""Per-example statistics: the checked container that every metric and OOD scorer reads (spec §5).
+
+Predictions are validated once, at the boundary (a prediction file, a model's output, a task's
+split), and in the same pass reduced to a few numbers per example. `ExampleStats` holds them:
+
+- `conf` float64 (N,): the top-label confidence max_k p_k;
+- `correct` bool (N,): argmax_k p_k == label (class ties go to the LOWEST index, numpy's argmax);
+- `log_p_true` float64 (N,): log p_y, exact (-inf where p_y = 0), for hard labels;
+- `brier` float64 (N,): sum_k (p_k - y_k)^2 (one-hot or soft y);
+- on request: `entropy` (-sum_k p_k log p_k, nats), `margin` (p_(1) - p_(2), the two largest),
+  `mlogit` (-max_k logit, mean over members; only from logits), `ged` (soft labels, spec §5).
+
+Every metric of `plexbench score` and every OOD scorer is a function of these vectors, so a metric
+costs O(N) once they exist, and a bootstrap resample costs O(N) (`resample`): the (N, K) matrix is
+read once. The pass goes over row chunks of about `CHUNK_ELEMENTS` values; inside a chunk the
+arithmetic is float64 (so float32 input gives the float64 result of its exact values), and nothing
+of size (N, K) is allocated.
+
+Sources and their rules (the same rules as `Predictions` and the task kinds, so results are equal
+to computing on the float64 matrix):
+
+- `probs` (N, K): finite, non-negative, each row's float64 sum within 1e-3 of 1. A row whose sum is
+  off by more than 1e-12 is divided by it; rows within 1e-12 are used as given. log p = log(p).
+- `log_probs` (N, K): no NaN / +inf; p = exp(log p), renormalised like `probs`; log p_y is shifted
+  by the row's logsumexp when that exceeds 1e-12 (so NLL is exact for unnormalised rows).
+- `logits` (N, K): finite; log p = log_softmax(logits), p = exp(log p).
+- `member_logits` (E, N, K): ensemble log p = log-mean-exp over members of log_softmax (spec §3).
+- `member_probs` (E, N, K): each member validated like `probs`; ensemble log p = log-mean-exp of
+  the members' log p, p = exp(ensemble log p).
+
+Labels: int (N,) in [0, K), or soft labels (N, K) (non-negative rows summing to 1); with soft
+labels `labels` is argmax(soft) (ties to the lowest index, spec §5) and `nll_terms` is the
+cross-entropy against the soft label. Without labels (OOD data) only label-free statistics exist.
+
+Example:
+>>> s = ExampleStats.from_probs([[0.7, 0.3], [0.2, 0.8]], labels=[0, 0])
+>>> s.conf.tolist(), s.correct.tolist(), s.brier.round(2).tolist()
+([0.7, 0.8], [True, False], [0.18, 1.28])
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from plexbench.errors import PlexbenchError
+from plexbench.metrics import _checks as C
+from plexbench.metrics.ensemble import log_mean_exp, log_softmax
+
+# Plex clips the probability of the true class at 1e-7 before the log (spec §5); reported NLL
+# follows it. nll_terms(None) is the exact value.
+NLL_CLIP = 1e-7
+# Values per chunk of the statistics pass: a float64 chunk of 2 MiB stays in cache while the
+# few operations of the pass read it (measured in benchmarks/metrics.py: 2^18 beats 2^16 and 2^20).
+CHUNK_ELEMENTS = 1 << 18
+
+SOURCES = ("probs", "log_probs", "logits", "member_logits", "member_probs")
+# What `ExampleStats.build` computes by default (the label statistics only when there are labels),
+# and what else it can compute in the same pass.
+CORE = ("conf", "correct", "brier", "nll")
+LABEL_STATS = ("correct", "brier", "nll", "ged")
+EXTRA_STATS = ("entropy", "margin", "mlogit", "ged")
+
+
+# ----------------------------------------------------------------------------- sources
+class Source:
+    """Validated predictions as given (their dtype), read in float64 row chunks.
+
+    `kind` is one of SOURCES; `array` is (N, K) or (E, N, K). `chunk(rows)` returns the float64
+    ensemble probabilities p (r, K) and log-probabilities (r, K) (the latter computed only when
+    asked) of the rows `rows` (a slice or an index array), applying the source's rule from the
+    module docstring. Validation runs chunk by chunk in `validate`.
+    """
+
+    def __init__(self, kind: str, array: np.ndarray, name: str | None = None):
+        if kind not in SOURCES:
+            raise ValueError(f"unknown source kind {kind!r}")
+        self.kind, self.name = kind, name or kind
+        members = kind.startswith("member_")
+        arr = C.check_matrix(array, self.name, ndim=3 if members else 2, convert=False)
+        if kind in ("logits", "member_logits") and arr.dtype.kind != "f":
+            arr = arr.astype(np.float64)  # integer logits: -max and log_softmax need floats anyway
+        self.array = arr
+        self.num_members = arr.shape[0] if members else 1
+        self.num_examples, self.num_classes = arr.shape[-2], arr.shape[-1]
+
+        self._index: np.ndarray | None = None  # rows of `array` this source stands for (a view)
+
+    def rows(self, rows) -> np.ndarray:
+        """The raw rows (input dtype): (r, K), or (E, r, K) for members."""
+        if self._index is not None:
+            rows = self._index[rows]
+        return self.array[:, rows] if self.array.ndim == 3 else self.array[rows]
+
+    def take(self, index: np.ndarray) -> "Source":
+        """A view of rows `index` (no copy: rows are gathered chunk by chunk when read)."""
+        out = object.__new__(Source)
+        out.__dict__.update(self.__dict__)
+        out._index = index if self._index is None else self._index[index]
+        out.num_examples = int(index.shape[0])
+        return out
+
+    # -- validation + conversion of one chunk ------------------------------------------------
+    def chunk(self, rows, need_p: bool = True, need_lp: bool = False, start: int = 0):
+        """(p float64 (r, K) or None, lp float64 (r, K) or None, lse_shift float64 (r,) or None).
+
+        `lse_shift` (log_probs only): the logsumexp subtracted from row log-probabilities (0 for
+        rows within 1e-12 of normalised). Raises PlexbenchError on invalid values; `start` is the
+        index of the chunk's first row (for messages).
+        """
+        raw = self.rows(rows)
+        return getattr(self, f"_chunk_{self.kind}")(raw, need_p, need_lp, start)
+
+    def _chunk_probs(self, raw, need_p, need_lp, start, name=None):
+        name = name or self.name
+        p = raw.astype(np.float64, copy=False)
+        sums = p.sum(axis=-1)
+        _check_finite_sums(sums, name, start)
+        low = raw.min()
+        if low < 0:
+            raise PlexbenchError(f"{name} contains negative values (min {low:.6g})")
+        rescale = _check_sums(sums, name, start)
+        if rescale.any():
+            if p is raw:
+                p = p.copy()  # never modify the caller's array
+            np.divide(p, sums[..., None], out=p, where=rescale[..., None])
+        lp = _log(p) if need_lp else None
+        return p, lp, None
+
+    def _chunk_log_probs(self, raw, need_p, need_lp, start):
+        lp = raw.astype(np.float64, copy=False)
+        if np.isnan(lp).any() or np.isposinf(lp).any():
+            raise PlexbenchError(f"{self.name} contains NaN or +inf")
+        p = sums = None
+        if need_p:
+            p = np.exp(lp)
+            sums = p.sum(axis=-1)
+            # |logsumexp| ~ |sum - 1|: only rows off by more than rounding need the exact logsumexp.
+            candidates = np.flatnonzero(np.abs(sums - 1.0) > 1e-13)
+            lse = np.zeros(lp.shape[0])
+            if candidates.size:
+                lse[candidates] = C.logsumexp_rows(lp[candidates])
+        else:
+            lse = C.logsumexp_rows(lp)
+        _check_lse(lse, self.name, start)
+        shift = np.where(np.abs(lse) <= C.ROUNDING_TOLERANCE, 0.0, lse)
+        if need_p:
+            _check_sums(sums, self.name, start)
+            rescale = np.abs(sums - 1.0) > C.ROUNDING_TOLERANCE
+            if rescale.any():
+                np.divide(p, sums[:, None], out=p, where=rescale[:, None])
+        return p, lp, shift
+
+    def _chunk_logits(self, raw, need_p, need_lp, start):
+        x = raw.astype(np.float64, copy=False)
+        if not np.isfinite(x).all():
+            raise PlexbenchError(f"{self.name} contains NaN or inf")
+        lp = log_softmax(x)
+        return np.exp(lp), lp, None
+
+    def _chunk_member_logits(self, raw, need_p, need_lp, start):
+        x = raw.astype(np.float64, copy=False)
+        if not np.isfinite(x).all():
+            raise PlexbenchError(f"{self.name} contains NaN or inf")
+        lp = log_mean_exp(log_softmax(x))
+        return np.exp(lp), lp, None
+
+    def _chunk_member_probs(self, raw, need_p, need_lp, start):
+        members = [self._chunk_probs(m, True, False, start, self.name)[0] for m in raw]
+        lp = log_mean_exp(_log(np.stack(members)))
+        return np.exp(lp), lp, None
+
+    def mlogit(self, rows) -> np.ndarray:
+        """-max_k logit per row, the mean over members (E > 1), float64 (r,); logits sources only."""
+        raw = self.rows(rows)
+        top = raw.max(axis=-1).astype(np.float64)  # max is exact in any dtype
+        if not np.isfinite(top).all() or not np.isfinite(raw).all():
+            raise PlexbenchError(f"{self.name} contains NaN or inf")
+        return -(top.mean(axis=0) if top.ndim == 2 else top)
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(p)  # log 0 = -inf: probability 0 stays exactly that
+
+
+def _where(flat_index: int, shape: tuple, start: int) -> str:
+    """'row i' or 'row i of member m' for the flat index of a chunk's row sums."""
+    if len(shape) == 1:
+        return f"row {start + flat_index}"
+    member, row = np.unravel_index(flat_index, shape)
+    return f"row {start + int(row)} of member {int(member)}"
+
+
+def _check_finite_sums(sums: np.ndarray, name: str, start: int) -> None:
+    bad = np.flatnonzero(~np.isfinite(sums.ravel()))
+    if bad.size:
+        raise PlexbenchError(f"{name} contains NaN or inf ({_where(int(bad[0]), sums.shape, start)})")
+
+
+def _check_sums(sums: np.ndarray, name: str, start: int) -> np.ndarray:
+    """Raise if a row sum is off by more than SUM_TOLERANCE; return the mask of rows to rescale."""
+    dev = np.abs(sums - 1.0)
+    worst = int(np.argmax(dev))
+    if not dev.ravel()[worst] <= C.SUM_TOLERANCE:  # also catches NaN
+        raise PlexbenchError(f"{name} rows must sum to 1: {_where(worst, sums.shape, start)} sums to "
+                             f"{sums.ravel()[worst]:.6g} (tolerance {C.SUM_TOLERANCE:g})")
+    return dev > C.ROUNDING_TOLERANCE
+
+
+def _check_lse(lse: np.ndarray, name: str, start: int) -> None:
+    dev = np.abs(lse)
+    worst = int(np.argmax(dev))
+    if not dev[worst] <= C.SUM_TOLERANCE:
+        raise PlexbenchError(f"{name} rows must be normalised (logsumexp 0): row {start + worst} has "
+                             f"logsumexp {lse[worst]:.6g} (tolerance {C.SUM_TOLERANCE:g})")
+
+
+def row_chunks(n_rows: int, n_values_per_row: int, chunk_elements: int = CHUNK_ELEMENTS):
+    """Slices covering range(n_rows) with about `chunk_elements` values each."""
+    step = max(1, chunk_elements // max(1, n_values_per_row))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(n_rows, start + step))
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """np.isfinite(x).all() in row chunks (no boolean array of x's size)."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        return True
+    flat = x.reshape(x.shape[0], -1) if x.ndim > 1 else x[:, None]
+    return all(np.isfinite(flat[rows]).all() for rows in row_chunks(flat.shape[0], flat.shape[1]))
+
+
+# ----------------------------------------------------------------------------- the container
+class ExampleStats:
+    """Per-example statistics of one prediction set (module docstring); build with the `from_*`
+    constructors (or `ExampleStats.build`).
+
+    Attributes (arrays of shape (N,)): conf, correct, log_p_true, brier, entropy, margin, mlogit,
+    ged, labels (int64) and soft (the soft labels (N, K), or None). Statistics that were not
+    computed in the pass are computed from `source` on first use (None without labels / logits).
+    `num_examples`, `num_classes`, `num_members`. Views made by `resample` and `take` share the
+    parent's arrays and read rows lazily.
+    """
+
+    def __init__(self, *, num_classes: int, num_members: int = 1, arrays: dict, labels=None, soft=None,
+                 source: Source | None = None, num_examples: int | None = None):
+        self._arrays = dict(arrays)
+        self._soft_nll: dict = {}
+        self.num_classes, self.num_members = int(num_classes), int(num_members)
+        self._labels, self._soft, self.source = labels, soft, source
+        self.has_labels, self.has_soft = labels is not None, soft is not None
+        self._parent: ExampleStats | None = None
+        self._index: np.ndarray | None = None
+        self._resample = False
+        self.num_examples = int(num_examples if num_examples is not None else
+                                next(iter(self._arrays.values())).shape[0])
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Hard labels int64 (N,) (argmax of the soft labels when those are given), or None."""
+        if self._labels is None and self._parent is not None and self.has_labels:
+            self._labels = self._parent.labels[self._index]
+        return self._labels
+
+    @property
+    def soft(self) -> np.ndarray | None:
+        """Soft labels float64 (N, K), or None."""
+        if self._soft is None and self._parent is not None and self.has_soft:
+            self._soft = self._parent.soft[self._index]
+        return self._soft
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def build(cls, source: Source, *, labels=None, soft_labels=None, want: Iterable[str] | None = None,
+              keep_source: bool = True) -> "ExampleStats":
+        """One validating pass over `source` computing the statistics named in `want` (default
+        CORE: conf and, with labels, correct, brier and the NLL terms; add EXTRA_STATS or `ged`
+        as needed; names that do not apply, e.g. mlogit without logits, are skipped).
+        `keep_source=False` drops the reference to the (N, K) input after the pass (statistics not
+        computed then are unavailable). Statistics left out are computed from the source on first
+        use."""
+        y, soft = _check_targets(labels, soft_labels, source.num_examples, source.num_classes)
+        stats = cls(num_classes=source.num_classes, num_members=source.num_members, arrays={}, labels=y,
+                    soft=soft, source=source, num_examples=source.num_examples)
+        stats._fill_pass(CORE if want is None else tuple(want))
+        if not keep_source:
+            stats.source = None
+        return stats
+
+    @classmethod
+    def from_probs(cls, probs, labels=None, *, soft_labels=None, want=None, keep_source=True) -> "ExampleStats":
+        """From probabilities (N, K); see the module docstring for the rules."""
+        return cls.build(Source("probs", probs), labels=labels, soft_labels=soft_labels, want=want,
+                         keep_source=keep_source)
+
+    @classmethod
+    def from_log_probs(cls, log_probs, labels=None, *, soft_labels=None, want=None,
+                       keep_source=True) -> "ExampleStats":
+        """From log-probabilities (N, K) (e.g. a task's ensemble log-probabilities)."""
+        return cls.build(Source("log_probs", log_probs), labels=labels, soft_labels=soft_labels, want=want,
+                         keep_source=keep_source)
+
+    @classmethod
+    def from_logits(cls, logits, labels=None, *, soft_labels=None, want=None, keep_source=True) -> "ExampleStats":
+        """From one model's logits (N, K) or member logits (E, N, K)."""
+        kind = "member_logits" if np.ndim(logits) == 3 else "logits"
+        return cls.build(Source(kind, logits), labels=labels, soft_labels=soft_labels, want=want,
+                         keep_source=keep_source)
+
+    @classmethod
+    def from_member_probs(cls, member_probs, labels=None, *, soft_labels=None, want=None,
+                          keep_source=True) -> "ExampleStats":
+        """From member probabilities (E, N, K); the ensemble is their mean."""
+        return cls.build(Source("member_probs", member_probs), labels=labels, soft_labels=soft_labels,
+                         want=want, keep_source=keep_source)
+
+    # ------------------------------------------------------------------ statistics
+    def _get(self, name: str) -> np.ndarray | None:
+        if name in self._arrays:
+            return self._arrays[name]
+        if self._parent is not None:
+            base = self._parent._get(name)
+            value = None if base is None else base[self._index]
+        else:
+            value = self._compute(name)
+        self._arrays[name] = value
+        return value
+
+    def _compute(self, name: str) -> np.ndarray | None:
+        """A statistic left out of the pass: another pass over the source (None when it does not
+        apply: label statistics without labels, mlogit without logits, ged without soft labels)."""
+        stat = "nll" if name == "log_p_true" else name
+        if not _applies(stat, self.has_labels, self.has_soft, self.source) or (
+                name == "log_p_true" and self.has_soft):
+            return None
+        if self.source is None:
+            raise PlexbenchError(f"statistic '{name}' was not computed and the predictions were released")
+        self._fill_pass((stat,))
+        return self._arrays[name]
+
+    def _fill_pass(self, names) -> None:
+        """Compute the statistics `names` (those that apply) in one pass over the source."""
+        src, n = self.source, self.num_examples
+        names = [x for x in dict.fromkeys(names) if _applies(x, self.has_labels, self.has_soft, src)]
+        out = {x: np.empty(n, bool if x == "correct" else np.float64) for x in names if x != "nll"}
+        soft_nll = {}
+        if "nll" in names:
+            if not self.has_soft:
+                out["log_p_true"] = np.empty(n)
+            else:
+                soft_nll = {None: np.empty(n), NLL_CLIP: np.empty(n)}
+        need_p = any(x in out for x in ("conf", "correct", "brier", "entropy", "margin", "ged")) or (
+            "log_p_true" in out and src.kind == "probs")
+        need_lp = bool(soft_nll)
+        for rows in row_chunks(n, self.num_classes * self.num_members):
+            p, lp, shift = src.chunk(rows, need_p=need_p, need_lp=need_lp, start=rows.start)
+            _fill(out, soft_nll, rows, p, lp, shift, src, self.labels, self.soft)
+        self._arrays.update(out)
+        self._soft_nll.update(soft_nll)
+
+    conf = property(lambda self: self._get("conf"), doc="top-label confidence (N,) float64")
+    correct = property(lambda self: self._get("correct"), doc="argmax == label (N,) bool, or None")
+    log_p_true = property(lambda self: self._get("log_p_true"), doc="log p_y (N,) float64 (hard labels), or None")
+    brier = property(lambda self: self._get("brier"), doc="sum_k (p_k - y_k)^2 (N,) float64, or None")
+    entropy = property(lambda self: self._get("entropy"), doc="-sum_k p_k log p_k (N,) float64 (nats)")
+    margin = property(lambda self: self._get("margin"), doc="largest minus second largest p (N,)")
+    mlogit = property(lambda self: self._get("mlogit"), doc="-max_k logit (member mean) (N,), or None")
+    ged = property(lambda self: self._get("ged"), doc="GED term against the soft label (N,), or None")
+
+    def require_labels(self, what: str = "predictions") -> None:
+        if not self.has_labels:
+            raise PlexbenchError(f"{what} have no labels (need 'labels' or 'soft_labels')")
+
+    def nll_terms(self, clip: float | None = NLL_CLIP) -> np.ndarray:
+        """Per-example NLL (N,) float64: -log max(p_y, clip) for hard labels (clip=None: exact,
+        inf where p_y = 0), or the soft-label cross-entropy -sum_k y_k log max(p_k, clip)
+        (terms with y_k = 0 are 0)."""
+        self.require_labels()
+        if clip is not None and not 0 < clip < 1:
+            raise PlexbenchError(f"clip must be in (0, 1), got {clip}")
+        if not self.has_soft:
+            lpt = self._get("log_p_true")
+            return -lpt if clip is None else -np.maximum(lpt, math.log(clip))
+        return self._soft_terms(clip)
+
+    def _soft_terms(self, clip):
+        if clip in self._soft_nll:
+            return self._soft_nll[clip]
+        if self._parent is not None:
+            value = self._parent._soft_terms(clip)[self._index]
+        else:
+            if self.source is None:
+                raise PlexbenchError("soft-label NLL at this clip needs the predictions, which were released")
+            value = np.empty(self.num_examples)
+            for rows in row_chunks(self.num_examples, self.num_classes * self.num_members):
+                lp = self.source.chunk(rows, need_lp=True, start=rows.start)[1]
+                value[rows] = soft_cross_entropy_rows(self.soft[rows], lp, clip)
+        self._soft_nll[clip] = value
+        return value
+
+    # ------------------------------------------------------------------ views
+    def _view(self, index: np.ndarray, resample: bool) -> "ExampleStats":
+        view = ExampleStats(num_classes=self.num_classes, num_members=self.num_members, arrays={},
+                            source=None if self.source is None else self.source.take(index),
+                            num_examples=index.shape[0])
+        view.has_labels, view.has_soft = self.has_labels, self.has_soft
+        view._parent, view._index, view._resample = self, index, resample
+        return view
+
+    def take(self, index) -> "ExampleStats":
+        """The statistics of rows `index` (a boolean mask or integer indices), in that order."""
+        index = np.asarray(index)
+        index = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64, copy=False)
+        return self._view(index, resample=False)
+
+    def resample(self, draws) -> "ExampleStats":
+        """A bootstrap resample: rows `draws` (int (N,), or a 1-tuple of it) in draw order.
+
+        The resample's confidence order (`sorted_by_confidence`) comes from this set's sort by
+        repeating each example as often as it was drawn, O(N) instead of a new sort.
+        """
+        idx = draws[0] if isinstance(draws, tuple) else draws
+        if self._parent is not None:
+            raise PlexbenchError("resample a full prediction set, not a view")
+        return self._view(np.asarray(idx, dtype=np.int64), resample=True)
+
+    @property
+    def strata(self) -> tuple[tuple[int, int], ...]:
+        """(rows, stream) of each stratum the bootstrap resamples: one, stream 0 (the seed itself)."""
+        return ((self.num_examples, 0),)
+
+    def prob_chunks(self) -> Iterator[tuple[slice, np.ndarray]]:
+        """(rows, float64 ensemble probabilities (r, K)) over these examples, for the metrics that
+        need every class (classwise ECE): O(N K) per call."""
+        if self.source is None:
+            raise PlexbenchError("this metric needs the full predictions, which were released")
+        for rows in row_chunks(self.num_examples, self.num_classes * self.num_members):
+            yield rows, self.source.chunk(rows, start=rows.start)[0]
+
+    # ------------------------------------------------------------------ the confidence order
+    @cached_property
+    def sorted_by_confidence(self) -> "ConfidenceOrder":
+        """Examples by DESCENDING confidence, ties in example order (a stable sort on -conf); for
+        a resample, ties in draw order (what sorting the resampled rows would give)."""
+        if self._resample:
+            return self._parent.sorted_by_confidence.resampled(self._index, self._parent.num_examples)
+        return ConfidenceOrder.of(self.conf, self.correct)
+
+
+class ConfidenceOrder:
+    """Confidences and correctness flags in descending confidence order (stable), with the running
+    count of errors: everything AURC, oracle-collaborative accuracy and calib_auc read.
+
+    `conf` float64 (N,), `correct` bool (N,) or None, `errors` int64 (N + 1,): errors[k] = number
+    of incorrect among the first k.
+    """
+
+    def __init__(self, conf: np.ndarray, correct: np.ndarray | None, order: np.ndarray | None = None):
+        self.conf, self.correct, self.order = conf, correct, order
+
+    @classmethod
+    def of(cls, conf: np.ndarray, correct: np.ndarray | None) -> "ConfidenceOrder":
+        order = np.argsort(-conf, kind="stable")
+        return cls(conf[order], None if correct is None else correct[order], order)
+
+    @cached_property
+    def negated(self) -> np.ndarray:
+        """-conf: ascending, for binary searches."""
+        return -self.conf
+
+    @cached_property
+    def errors(self) -> np.ndarray:
+        out = np.zeros(self.conf.shape[0] + 1, dtype=np.int64)
+        np.cumsum(~self.correct, out=out[1:])
+        return out
+
+    @cached_property
+    def _mixed(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mixed: bool per sorted position, group: tie-group id per sorted position) where a tie
+        group of equal confidence holds both correct and incorrect examples; None when none does
+        (then the order inside tie groups cannot change any metric)."""
+        if self.correct is None:
+            return None
+        new = np.empty(self.conf.shape[0], bool)
+        new[0] = True
+        np.not_equal(self.conf[1:], self.conf[:-1], out=new[1:])
+        if new.all():
+            return None
+        group = np.cumsum(new) - 1
+        size = np.bincount(group)
+        right = np.bincount(group, weights=self.correct)
+        mixed_group = (right > 0) & (right < size)
+        if not mixed_group.any():
+            return None
+        return mixed_group[group], group
+
+    @cached_property
+    def _rank(self) -> np.ndarray:
+        """Sorted position of each example (the inverse permutation of `order`)."""
+        rank = np.empty(self.order.shape[0], dtype=np.int64)
+        rank[self.order] = np.arange(self.order.shape[0])
+        return rank
+
+    def resampled(self, draws: np.ndarray, n: int) -> "ConfidenceOrder":
+        """The order of a resample (rows `draws` of the sorted set, in draw order) in O(N).
+
+        Each example is repeated as often as it was drawn, in this order; inside a tie group with
+        both correct and incorrect examples the draws are then put in draw order (a stable sort of
+        only those draws), so the result equals a stable sort of the resampled rows.
+        """
+        counts = np.bincount(draws, minlength=n)[self.order]
+        conf = np.repeat(self.conf, counts)
+        correct = None if self.correct is None else np.repeat(self.correct, counts)
+        mixed = self._mixed
+        if mixed is not None:
+            mixed_at, group = mixed
+            pos = self._rank[draws]
+            in_mixed = np.flatnonzero(mixed_at[pos])  # draws falling in mixed groups, in draw order
+            if in_mixed.size:
+                pos = pos[in_mixed]
+                by_group = np.argsort(group[pos], kind="stable")
+                slots = np.flatnonzero(np.repeat(mixed_at, counts))
+                correct[slots] = self.correct[pos[by_group]]
+        return ConfidenceOrder(conf, correct)
+
+
+# ----------------------------------------------------------------------------- the pass
+def _check_targets(labels, soft_labels, n: int, k: int):
+    """(hard labels int64 (N,) or None, soft labels float64 (N, K) or None)."""
+    if labels is not None and soft_labels is None and np.ndim(labels) == 2:
+        labels, soft_labels = None, labels  # soft labels passed positionally
+    if soft_labels is not None:
+        soft = C.check_probs(soft_labels, "soft labels")
+        if soft.shape != (n, k):
+            raise PlexbenchError(f"soft labels have shape {soft.shape} but the predictions have {(n, k)}")
+        hard = np.argmax(soft, axis=1).astype(np.int64)
+        if labels is not None and not np.array_equal(C.check_labels(labels, k), hard):
+            raise PlexbenchError("labels given together with soft_labels must equal argmax(soft_labels)")
+        return hard, soft
+    if labels is None:
+        return None, None
+    y = C.check_labels(labels, k)
+    if y.shape[0] != n:
+        raise PlexbenchError(f"labels have {y.shape[0]} examples but the predictions have {n}")
+    return y, None
+
+
+def _applies(name: str, labels: bool, soft: bool, source: Source | None) -> bool:
+    if name not in CORE + EXTRA_STATS:
+        raise ValueError(f"unknown statistic {name!r}; known: {', '.join(CORE + EXTRA_STATS)}")
+    if name in LABEL_STATS and not labels:
+        return False
+    if name == "ged" and not soft:
+        return False
+    return not (name == "mlogit" and (source is None or source.kind not in ("logits", "member_logits")))
+
+
+def _fill(out, soft_nll, rows, p, lp, shift, source, y, soft) -> None:
+    """Write one chunk's statistics into `out` / `soft_nll` (float64 arithmetic on the chunk)."""
+    if p is not None:
+        r = np.arange(p.shape[0])
+    if "conf" in out or "correct" in out:
+        pred = np.argmax(p, axis=1)
+        if "conf" in out:
+            out["conf"][rows] = p[r, pred]
+        if "correct" in out:
+            out["correct"][rows] = pred == y[rows]
+    if soft is None:
+        p_y = p[r, y[rows]] if p is not None and ("brier" in out or "log_p_true" in out) else None
+        if "brier" in out:
+            out["brier"][rows] = np.einsum("ij,ij->i", p, p) - 2.0 * p_y + 1.0
+        if "log_p_true" in out:
+            if lp is None:
+                out["log_p_true"][rows] = _log(p_y)
+            else:
+                lp_y = lp[np.arange(lp.shape[0]), y[rows]]
+                out["log_p_true"][rows] = lp_y if shift is None else lp_y - shift
+    else:
+        s = soft[rows]
+        if "brier" in out:
+            out["brier"][rows] = (np.einsum("ij,ij->i", p, p) - 2.0 * np.einsum("ij,ij->i", p, s)
+                                  + np.einsum("ij,ij->i", s, s))
+        if soft_nll:
+            lp_shifted = lp if shift is None else lp - shift[:, None]
+            for clip, terms in soft_nll.items():
+                terms[rows] = soft_cross_entropy_rows(s, lp_shifted, clip)
+        if "ged" in out:
+            out["ged"][rows] = ged_rows(s, p)
+    if "entropy" in out:
+        out["entropy"][rows] = entropy_rows(p)
+    if "margin" in out:
+        out["margin"][rows] = margin_rows(p)
+    if "mlogit" in out:
+        out["mlogit"][rows] = source.mlogit(rows)
+
+
+def entropy_rows(p: np.ndarray) -> np.ndarray:
+    """-sum_k p log p per row (0 log 0 = 0), float64."""
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+
+
+def margin_rows(p: np.ndarray) -> np.ndarray:
+    """Largest minus second largest probability per row."""
+    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def soft_cross_entropy_rows(soft: np.ndarray, lp: np.ndarray, clip: float | None) -> np.ndarray:
+    """-sum_k y_k log max(p_k, clip) per row; terms with y_k = 0 are 0 (even where log p = -inf)."""
+    floor = -np.inf if clip is None else math.log(clip)
+    return -(soft * np.where(soft > 0, np.maximum(lp, floor), 0.0)).sum(axis=1)
+
+
+def ged_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """2 (Sy Sp - y.p) - (Sy^2 - y.y) - (Sp^2 - p.p) per row (spec §5; see plexbench.metrics.ged)."""
+    sy, sp = y.sum(axis=1), p.sum(axis=1)
+    yp, yy, pp = (np.einsum("ij,ij->i", a, b) for a, b in ((y, p), (y, y), (p, p)))
+    return 2.0 * (sy * sp - yp) - (sy * sy - yy) - (sp * sp - pp)
+
+
+def stats_of(labels, probs, *, source: str = "probs", want=(), what: str = "metric") -> ExampleStats:
+    """The ExampleStats a public metric works on: `labels` itself when it is one (then `probs`
+    must be None), else one pass over the raw arrays (`source`: how to read `probs`)."""
+    if isinstance(labels, ExampleStats):
+        if probs is not None:
+            raise PlexbenchError(f"{what}: pass either ExampleStats or (labels, {source}), not both")
+        return labels
+    if probs is None:
+        raise PlexbenchError(f"{what}: missing {source}")
+    return ExampleStats.build(Source(source, probs), labels=labels, want=want)
