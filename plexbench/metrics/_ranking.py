@@ -41,6 +41,21 @@ def mann_whitney_auc(sorted_scores: np.ndarray, sorted_pos: np.ndarray) -> float
     return (two_rank_sum - num_pos * (num_pos + 1)) / (2.0 * num_pos * num_neg)
 
 
+def auc_from_groups(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Mann-Whitney AUC from per-group counts int64 (G,), groups of tied scores in ascending order.
+
+    2U = sum_g P_g (2 Q_<g + Q_g): a positive beats every negative of a lower group and ties with
+    half of its own group's; exact in int64 and equal to the rank-sum form of `mann_whitney_auc`
+    (2U = twice the positives' rank sum - P (P + 1)). NaN when P or Q is 0.
+    """
+    num_pos, num_neg = int(positives.sum()), int(negatives.sum())
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    below = np.cumsum(negatives) - negatives
+    two_u = int(np.dot(positives, 2 * below + negatives))
+    return two_u / (2.0 * num_pos * num_neg)
+
+
 def descending_operating_points(sorted_scores: np.ndarray, sorted_pos: np.ndarray):
     """Cumulative (tp, fp, threshold) at each distinct score, thresholds from high to low.
 

@@ -36,6 +36,9 @@ from plexbench.progress import bar
 
 # Rows of indices drawn at once: bounds memory to about 64 MiB of int64 indices.
 _INDEX_BUDGET = 8 << 20
+# The same for the per-example-statistics bootstrap, whose resamples are cheap: a block of about
+# 8 MiB of indices stays in cache while its resamples are evaluated (the stream does not depend on it).
+_STATS_INDEX_BUDGET = 1 << 20
 
 
 def check_num_samples(num_samples) -> int:
@@ -114,7 +117,7 @@ def bootstrap_distributions(functions: Mapping[str, Callable], data, *, num_samp
     strata = tuple(data.strata)
     if any(n < 1 for n, _ in strata):
         raise PlexbenchError(f"bootstrap needs at least one row in every stratum, got {[n for n, _ in strata]}")
-    per_block = max(1, _INDEX_BUDGET // sum(n for n, _ in strata))
+    per_block = max(1, _STATS_INDEX_BUDGET // sum(n for n, _ in strata))
     out = {name: np.empty(num_samples, dtype=np.float64) for name in functions}
     blocks = [index_blocks(n, num_samples, seed, stream, per_block) for n, stream in strata]
     with warnings.catch_warnings(), bar(num_samples, "bootstrap", unit="resample") as progress:

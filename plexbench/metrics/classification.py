@@ -119,7 +119,9 @@ def ece(labels, probs=None, *, num_bins: int = 15) -> float:
     0.35
     """
     stats, b = _bins_stats(labels, probs, num_bins, "ece")
-    return ece_from(stats.conf, stats.correct, b)
+    bins = stats.derived(("bins", b), lambda s: equal_width_bins(s.conf, b))
+    _, conf_sum, acc_sum = binned_sums(bins, stats.conf, stats.correct, b)
+    return float(np.abs(acc_sum - conf_sum).sum() / stats.num_examples)
 
 
 @declares("adaptive_ece", direction="lower")
@@ -174,7 +176,8 @@ def rms_calibration_error(labels, probs=None, *, num_bins: int = 15) -> float:
     """
     stats, b = _bins_stats(labels, probs, num_bins, "rms_ce")
     conf, correct = stats.conf, stats.correct
-    count, conf_sum, acc_sum = binned_sums(equal_width_bins(conf, b), conf, correct, b)
+    bins = stats.derived(("bins", b), lambda s: equal_width_bins(s.conf, b))
+    count, conf_sum, acc_sum = binned_sums(bins, conf, correct, b)
     full = count > 0
     gap2 = (acc_sum[full] - conf_sum[full]) ** 2 / count[full]
     return float(np.sqrt(gap2.sum() / conf.shape[0]))
@@ -200,9 +203,12 @@ def reliability_diagram(labels, probs=None, *, num_bins: int = 15) -> dict[str, 
 
 
 def calib_auc_sorted(order: ConfidenceOrder) -> float:
-    """calib_auc from the examples in descending confidence order (ties count 1/2, so their
-    order inside a tie does not matter): Mann-Whitney on the ascending scores 1 - conf."""
-    value = _ranking.mann_whitney_auc(1.0 - order.conf, ~order.correct)
+    """calib_auc from the groups of equal score 1 - conf in ascending order, with their counts of
+    examples and of incorrect (positive) ones: the Mann-Whitney statistic
+    2U = sum_g P_g (2 Q_<g + Q_g) over groups (P positives, Q negatives; ties count 1/2), exact in
+    int64, then AUC = 2U / (2 P Q) (the same number as the rank-sum form)."""
+    counts, positives = order.score_groups
+    value = _ranking.auc_from_groups(positives, counts - positives)
     if np.isnan(value):
         return C.undefined("calib_auc", "all predictions are correct, or all are incorrect")
     return value

@@ -15,6 +15,7 @@ AURC = sort_by_confidence -> cumulative_risk -> area, each a function here.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -48,7 +49,7 @@ def oc_acc_sorted(order: ConfidenceOrder, fraction: float) -> float:
     bootstrap resample), which is exactly the first k of a stable ascending sort. The counts of
     correct examples come from the running error count, so no example is visited.
     """
-    n = order.conf.shape[0]
+    n = order.n
     k = num_referred(n, fraction)
     errors = order.errors
     total_correct = n - int(errors[n])
@@ -56,10 +57,10 @@ def oc_acc_sorted(order: ConfidenceOrder, fraction: float) -> float:
         return total_correct / n
     if k >= n:
         return 1.0
-    t = order.conf[n - k]
-    ascending = order.negated  # -conf, non-decreasing
-    ties_start = int(np.searchsorted(ascending, -t, side="left"))
-    below_start = int(np.searchsorted(ascending, -t, side="right"))
+    ends = order.group_ends
+    t = int(np.searchsorted(ends, n - k, side="right"))  # the tie group at position n - k
+    below_start = int(ends[t])
+    ties_start = below_start - int(order.group_counts[t])
     tied = k - (n - below_start)
 
     def correct_in(a: int, b: int) -> int:
@@ -126,22 +127,33 @@ def risk_coverage_curve(labels, probs=None) -> dict[str, np.ndarray]:
     accepted examples (stable order on -confidence; ties in example order).
     """
     order = _order(labels, probs, "risk_coverage_curve")
-    n = order.conf.shape[0]
+    n = order.n
     return {"coverage": np.arange(1, n + 1) / n, "risk": risk_from(order)}
 
 
 def risk_from(order: ConfidenceOrder) -> np.ndarray:
     """cumulative_risk of the descending confidence order, from its running error count."""
-    return order.errors[1:] / np.arange(1, order.conf.shape[0] + 1)
+    return order.errors[1:] / coverage_counts(order.n)
+
+
+@functools.lru_cache(maxsize=8)
+def coverage_counts(n: int) -> np.ndarray:
+    """1.0, 2.0, ..., n as float64 (the divisors of the risk; kept, a bootstrap divides by them often)."""
+    out = np.arange(1, n + 1, dtype=np.float64)
+    out.flags.writeable = False
+    return out
 
 
 def aurc_sorted(order: ConfidenceOrder) -> float:
-    return area(risk_from(order))
+    """AURC of the order (kept on it: E-AURC reads it too)."""
+    cache = order.__dict__.setdefault("_aurc", [])
+    if not cache:
+        cache.append(area(risk_from(order)))
+    return cache[0]
 
 
 def eaurc_sorted(order: ConfidenceOrder) -> float:
-    n = order.conf.shape[0]
-    return aurc_sorted(order) - optimal_aurc(n, int(order.errors[n]))
+    return aurc_sorted(order) - optimal_aurc(order.n, int(order.errors[order.n]))
 
 
 @declares("aurc", direction="lower")

@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import cached_property
 from typing import Iterable, Iterator
@@ -104,40 +105,35 @@ class Source:
         return out
 
     # -- validation + conversion of one chunk ------------------------------------------------
-    def chunk(self, rows, need_p: bool = True, need_lp: bool = False, start: int = 0):
-        """(p float64 (r, K) or None, lp float64 (r, K) or None, lse_shift float64 (r,) or None).
+    def chunk(self, rows, need_p: bool = True, need_lp: bool = False, start: int = 0) -> "Chunk":
+        """The validated float64 ensemble predictions of rows `rows` (a slice or index array).
 
-        `lse_shift` (log_probs only): the logsumexp subtracted from row log-probabilities (0 for
-        rows within 1e-12 of normalised). Raises PlexbenchError on invalid values; `start` is the
-        index of the chunk's first row (for messages).
+        Raises PlexbenchError on invalid values; `start` is the index of the chunk's first row
+        (for messages). `need_p` / `need_lp`: whether probabilities / log-probabilities will be read
+        (work for the other is skipped where the source allows it).
         """
         raw = self.rows(rows)
         return getattr(self, f"_chunk_{self.kind}")(raw, need_p, need_lp, start)
 
-    def _chunk_probs(self, raw, need_p, need_lp, start, name=None):
-        name = name or self.name
-        p = raw.astype(np.float64, copy=False)
-        sums = p.sum(axis=-1)
-        _check_finite_sums(sums, name, start)
+    def _chunk_probs(self, raw, need_p, need_lp, start) -> "Chunk":
+        values = raw.astype(np.float64, copy=False)
+        sums = values.sum(axis=-1)
+        _check_finite_sums(sums, self.name, start)
         low = raw.min()
         if low < 0:
-            raise PlexbenchError(f"{name} contains negative values (min {low:.6g})")
-        rescale = _check_sums(sums, name, start)
-        if rescale.any():
-            if p is raw:
-                p = p.copy()  # never modify the caller's array
-            np.divide(p, sums[..., None], out=p, where=rescale[..., None])
-        lp = _log(p) if need_lp else None
-        return p, lp, None
+            raise PlexbenchError(f"{self.name} contains negative values (min {low:.6g})")
+        rescale = _check_sums(sums, self.name, start)
+        # float64 values one ulp apart can become equal when divided (then argmax must see the
+        # divided row); distinct values of a narrower float cannot, so argmax reads them as given.
+        return Chunk(values, sums, rescale, argmax_as_given=raw.dtype != np.float64, raw=raw, log=need_lp)
 
-    def _chunk_log_probs(self, raw, need_p, need_lp, start):
+    def _chunk_log_probs(self, raw, need_p, need_lp, start) -> "Chunk":
         lp = raw.astype(np.float64, copy=False)
         if np.isnan(lp).any() or np.isposinf(lp).any():
             raise PlexbenchError(f"{self.name} contains NaN or +inf")
-        p = sums = None
         if need_p:
-            p = np.exp(lp)
-            sums = p.sum(axis=-1)
+            values = np.exp(lp)
+            sums = values.sum(axis=-1)
             # |logsumexp| ~ |sum - 1|: only rows off by more than rounding need the exact logsumexp.
             candidates = np.flatnonzero(np.abs(sums - 1.0) > 1e-13)
             lse = np.zeros(lp.shape[0])
@@ -147,31 +143,29 @@ class Source:
             lse = C.logsumexp_rows(lp)
         _check_lse(lse, self.name, start)
         shift = np.where(np.abs(lse) <= C.ROUNDING_TOLERANCE, 0.0, lse)
-        if need_p:
-            _check_sums(sums, self.name, start)
-            rescale = np.abs(sums - 1.0) > C.ROUNDING_TOLERANCE
-            if rescale.any():
-                np.divide(p, sums[:, None], out=p, where=rescale[:, None])
-        return p, lp, shift
+        if not need_p:
+            return Chunk(None, lp=lp, shift=shift)
+        rescale = _check_sums(sums, self.name, start)
+        return Chunk(values, sums, rescale, lp=lp, shift=shift)
 
-    def _chunk_logits(self, raw, need_p, need_lp, start):
+    def _chunk_logits(self, raw, need_p, need_lp, start) -> "Chunk":
         x = raw.astype(np.float64, copy=False)
         if not np.isfinite(x).all():
             raise PlexbenchError(f"{self.name} contains NaN or inf")
         lp = log_softmax(x)
-        return np.exp(lp), lp, None
+        return Chunk(np.exp(lp) if need_p else None, lp=lp)
 
-    def _chunk_member_logits(self, raw, need_p, need_lp, start):
+    def _chunk_member_logits(self, raw, need_p, need_lp, start) -> "Chunk":
         x = raw.astype(np.float64, copy=False)
         if not np.isfinite(x).all():
             raise PlexbenchError(f"{self.name} contains NaN or inf")
         lp = log_mean_exp(log_softmax(x))
-        return np.exp(lp), lp, None
+        return Chunk(np.exp(lp) if need_p else None, lp=lp)
 
-    def _chunk_member_probs(self, raw, need_p, need_lp, start):
-        members = [self._chunk_probs(m, True, False, start, self.name)[0] for m in raw]
-        lp = log_mean_exp(_log(np.stack(members)))
-        return np.exp(lp), lp, None
+    def _chunk_member_probs(self, raw, need_p, need_lp, start) -> "Chunk":
+        members = self._chunk_probs(raw, True, False, start).p  # (E, r, K), each member renormalised
+        lp = log_mean_exp(_log(members))
+        return Chunk(np.exp(lp) if need_p else None, lp=lp)
 
     def mlogit(self, rows) -> np.ndarray:
         """-max_k logit per row, the mean over members (E > 1), float64 (r,); logits sources only."""
@@ -180,6 +174,65 @@ class Source:
         if not np.isfinite(top).all() or not np.isfinite(raw).all():
             raise PlexbenchError(f"{self.name} contains NaN or inf")
         return -(top.mean(axis=0) if top.ndim == 2 else top)
+
+
+class Chunk:
+    """One row chunk of validated ensemble predictions, float64.
+
+    `values` (r, K): the probabilities before renormalisation; rows flagged in `rescale` (their sum
+    is off by more than 1e-12) are divided by `sums`, the others used as given, so `p` is the
+    matrix every metric sees. Per-row statistics read only what they need: `top()` and `at(cols)`
+    divide just the picked entries (fl(x / s) is monotone in x, so the maximum of the divided row is
+    the divided maximum: the same bits as dividing the whole row first); `p` is built only for
+    statistics that read every class. `lp` (r, K): log-probabilities when the source has them
+    (`shift`: the per-row logsumexp to subtract, log_probs sources), else log(p) on request.
+    """
+
+    def __init__(self, values, sums=None, rescale=None, *, argmax_as_given: bool = False, raw=None, lp=None,
+                 shift=None, log: bool = False):
+        self.values, self.sums, self.raw = values, sums, raw
+        self.rescale = rescale if rescale is not None and rescale.any() else None
+        self.argmax_as_given = argmax_as_given or self.rescale is None
+        self._lp, self.shift, self._log = lp, shift, log
+
+    @cached_property
+    def p(self) -> np.ndarray:
+        if self.rescale is None:
+            return self.values
+        out = self.values.copy()  # `values` may be the caller's array, and top()/at() read it
+        np.divide(out, self.sums[..., None], out=out, where=self.rescale[..., None])
+        return out
+
+    @property
+    def lp(self) -> np.ndarray | None:
+        if self._lp is None and self._log:
+            self._lp = _log(self.p)
+        return self._lp
+
+    def _divided(self, picked: np.ndarray) -> np.ndarray:
+        if self.rescale is None:
+            return picked
+        return np.where(self.rescale, picked / self.sums, picked)
+
+    def top(self) -> tuple[np.ndarray, np.ndarray]:
+        """(argmax int64 (r,), confidence float64 (r,)); class ties go to the lowest index."""
+        if not self.argmax_as_given:
+            pred = np.argmax(self.p, axis=1)
+            return pred, self.p[np.arange(pred.shape[0]), pred]
+        source = self.raw if self.raw is not None else self.values
+        pred = np.argmax(source, axis=1)
+        return pred, self._divided(self.values[np.arange(pred.shape[0]), pred])
+
+    def at(self, cols: np.ndarray) -> np.ndarray:
+        """p[i, cols[i]] float64 (r,)."""
+        return self._divided(self.values[np.arange(cols.shape[0]), cols])
+
+    def squared_norms(self) -> np.ndarray:
+        """sum_k p_k^2 per row, float64 (for rows divided by their sum: sum_k x_k^2 / s^2)."""
+        if self.rescale is None or not self.argmax_as_given:
+            return np.einsum("ij,ij->i", self.p, self.p)
+        sq = np.einsum("ij,ij->i", self.values, self.values)
+        return np.where(self.rescale, sq / (self.sums * self.sums), sq)
 
 
 def _log(p: np.ndarray) -> np.ndarray:
@@ -358,8 +411,8 @@ class ExampleStats:
             "log_p_true" in out and src.kind == "probs")
         need_lp = bool(soft_nll)
         for rows in row_chunks(n, self.num_classes * self.num_members):
-            p, lp, shift = src.chunk(rows, need_p=need_p, need_lp=need_lp, start=rows.start)
-            _fill(out, soft_nll, rows, p, lp, shift, src, self.labels, self.soft)
+            chunk = src.chunk(rows, need_p=need_p, need_lp=need_lp, start=rows.start)
+            _fill(out, soft_nll, rows, chunk, src, self.labels, self.soft)
         self._arrays.update(out)
         self._soft_nll.update(soft_nll)
 
@@ -376,6 +429,15 @@ class ExampleStats:
         if not self.has_labels:
             raise PlexbenchError(f"{what} have no labels (need 'labels' or 'soft_labels')")
 
+    def derived(self, key, compute) -> np.ndarray:
+        """A per-example array computed once by `compute(stats)` on the full set (e.g. ECE bin
+        indices) and read by resamples and subsets at their rows (the same values as computing it
+        on them: `compute` must work row by row)."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if key not in cache:
+            cache[key] = compute(self) if self._parent is None else self._parent.derived(key, compute)[self._index]
+        return cache[key]
+
     def nll_terms(self, clip: float | None = NLL_CLIP) -> np.ndarray:
         """Per-example NLL (N,) float64: -log max(p_y, clip) for hard labels (clip=None: exact,
         inf where p_y = 0), or the soft-label cross-entropy -sum_k y_k log max(p_k, clip)
@@ -384,8 +446,7 @@ class ExampleStats:
         if clip is not None and not 0 < clip < 1:
             raise PlexbenchError(f"clip must be in (0, 1), got {clip}")
         if not self.has_soft:
-            lpt = self._get("log_p_true")
-            return -lpt if clip is None else -np.maximum(lpt, math.log(clip))
+            return self.derived(("nll", clip), lambda s: _hard_nll(s._get("log_p_true"), clip))
         return self._soft_terms(clip)
 
     def _soft_terms(self, clip):
@@ -398,7 +459,8 @@ class ExampleStats:
                 raise PlexbenchError("soft-label NLL at this clip needs the predictions, which were released")
             value = np.empty(self.num_examples)
             for rows in row_chunks(self.num_examples, self.num_classes * self.num_members):
-                lp = self.source.chunk(rows, need_lp=True, start=rows.start)[1]
+                chunk = self.source.chunk(rows, need_lp=True, start=rows.start)
+                lp = chunk.lp if chunk.shift is None else chunk.lp - chunk.shift[:, None]
                 value[rows] = soft_cross_entropy_rows(self.soft[rows], lp, clip)
         self._soft_nll[clip] = value
         return value
@@ -440,7 +502,7 @@ class ExampleStats:
         if self.source is None:
             raise PlexbenchError("this metric needs the full predictions, which were released")
         for rows in row_chunks(self.num_examples, self.num_classes * self.num_members):
-            yield rows, self.source.chunk(rows, start=rows.start)[0]
+            yield rows, self.source.chunk(rows, start=rows.start).p
 
     # ------------------------------------------------------------------ the confidence order
     @cached_property
@@ -448,85 +510,139 @@ class ExampleStats:
         """Examples by DESCENDING confidence, ties in example order (a stable sort on -conf); for
         a resample, ties in draw order (what sorting the resampled rows would give)."""
         if self._resample:
-            return self._parent.sorted_by_confidence.resampled(self._index, self._parent.num_examples)
+            return self._parent.sorted_by_confidence.resampled(self._index, self._parent.correct)
         return ConfidenceOrder.of(self.conf, self.correct)
 
 
-class ConfidenceOrder:
-    """Confidences and correctness flags in descending confidence order (stable), with the running
-    count of errors: everything AURC, oracle-collaborative accuracy and calib_auc read.
+def tie_groups(sorted_values: np.ndarray) -> np.ndarray:
+    """Group id (int64, from 0) of each entry of a sorted array: runs of equal values share one."""
+    new = np.empty(sorted_values.shape[0], bool)
+    new[0] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=new[1:])
+    return np.cumsum(new) - 1
 
-    `conf` float64 (N,), `correct` bool (N,) or None, `errors` int64 (N + 1,): errors[k] = number
-    of incorrect among the first k.
+
+class ConfidenceOrder:
+    """The examples in DESCENDING confidence order (a stable sort on -conf: ties in example order),
+    summarised for AURC, oracle-collaborative accuracy and calib_auc.
+
+    - `correct` bool (N,): correctness in that order; `errors` int64 (N + 1,): errors[k] = number
+      of incorrect among the first k;
+    - tie groups (runs of equal confidence, numbered in that order): `group_counts` (G,) and
+      `group_ends` (G,) (end position of each group in the order); calib_auc uses the groups of
+      equal 1 - conf (`score_groups`: their counts and incorrect counts), which can be coarser.
+
+    `resampled(draws)` gives the same summary of a bootstrap resample in O(N) without sorting: the
+    group counts are bincounts of the drawn examples' groups, and the order repeats each group
+    (inside a group of equal confidence with both correct and incorrect examples the draws are put
+    in draw order, what a stable sort of the resampled rows gives).
     """
 
-    def __init__(self, conf: np.ndarray, correct: np.ndarray | None, order: np.ndarray | None = None):
-        self.conf, self.correct, self.order = conf, correct, order
+    def __init__(self, *, n: int, correct_fn, group_counts: np.ndarray, score_groups_fn, conf_fn):
+        self.n = n
+        self._correct_fn, self._score_groups_fn, self._conf_fn = correct_fn, score_groups_fn, conf_fn
+        self.group_counts = group_counts
 
+    # -- the full set ---------------------------------------------------------------------------
     @classmethod
     def of(cls, conf: np.ndarray, correct: np.ndarray | None) -> "ConfidenceOrder":
         order = np.argsort(-conf, kind="stable")
-        return cls(conf[order], None if correct is None else correct[order], order)
+        sorted_conf = conf[order]
+        group = tie_groups(sorted_conf)
+        sorted_correct = None if correct is None else correct[order]
+        full = cls(n=conf.shape[0], correct_fn=lambda: sorted_correct, group_counts=np.bincount(group),
+                   score_groups_fn=None, conf_fn=lambda: sorted_conf)
+        full.order, full.sorted_conf, full.group_sorted = order, sorted_conf, group
+        full._score_groups_fn = full._full_score_groups
+        return full
+
+    def _full_score_groups(self):
+        score = 1.0 - self.sorted_conf  # ascending; may tie values of conf that differ
+        group = tie_groups(score)
+        if group[-1] == self.group_sorted[-1]:
+            group = self.group_sorted  # same runs (the common case): one grouping serves both
+        incorrect = np.bincount(group, weights=~self.correct).astype(np.int64)
+        return np.bincount(group), incorrect
 
     @cached_property
-    def negated(self) -> np.ndarray:
-        """-conf: ascending, for binary searches."""
-        return -self.conf
+    def _by_example(self):
+        """(conf group, score group, mixed flag of the conf group) per example, for resampling."""
+        group_ex = np.empty(self.n, dtype=np.int64)
+        group_ex[self.order] = self.group_sorted
+        score_group = tie_groups(1.0 - self.sorted_conf)
+        score_ex = group_ex
+        if score_group[-1] != self.group_sorted[-1]:
+            score_ex = np.empty(self.n, dtype=np.int64)
+            score_ex[self.order] = score_group
+        right = np.bincount(self.group_sorted, weights=self.correct)
+        group_all_wrong = right == 0
+        mixed = (right > 0) & (right < self.group_counts)
+        return group_ex, score_ex, score_group[-1] + 1, group_all_wrong, mixed
+
+    # -- what the metrics read ------------------------------------------------------------------
+    @cached_property
+    def correct(self) -> np.ndarray:
+        return self._correct_fn()
+
+    @cached_property
+    def conf(self) -> np.ndarray:
+        """Confidences in the order, float64 (N,)."""
+        return self._conf_fn()
 
     @cached_property
     def errors(self) -> np.ndarray:
-        out = np.zeros(self.conf.shape[0] + 1, dtype=np.int64)
+        out = np.zeros(self.n + 1, dtype=np.int64)
         np.cumsum(~self.correct, out=out[1:])
         return out
 
     @cached_property
-    def _mixed(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(mixed: bool per sorted position, group: tie-group id per sorted position) where a tie
-        group of equal confidence holds both correct and incorrect examples; None when none does
-        (then the order inside tie groups cannot change any metric)."""
-        if self.correct is None:
-            return None
-        new = np.empty(self.conf.shape[0], bool)
-        new[0] = True
-        np.not_equal(self.conf[1:], self.conf[:-1], out=new[1:])
-        if new.all():
-            return None
-        group = np.cumsum(new) - 1
-        size = np.bincount(group)
-        right = np.bincount(group, weights=self.correct)
-        mixed_group = (right > 0) & (right < size)
-        if not mixed_group.any():
-            return None
-        return mixed_group[group], group
+    def group_ends(self) -> np.ndarray:
+        return np.cumsum(self.group_counts)
 
     @cached_property
-    def _rank(self) -> np.ndarray:
-        """Sorted position of each example (the inverse permutation of `order`)."""
-        rank = np.empty(self.order.shape[0], dtype=np.int64)
-        rank[self.order] = np.arange(self.order.shape[0])
-        return rank
+    def score_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """(examples, incorrect examples) per group of equal 1 - conf, in ascending 1 - conf."""
+        return self._score_groups_fn()
 
-    def resampled(self, draws: np.ndarray, n: int) -> "ConfidenceOrder":
-        """The order of a resample (rows `draws` of the sorted set, in draw order) in O(N).
+    # -- resampling -----------------------------------------------------------------------------
+    def resampled(self, draws: np.ndarray, correct: np.ndarray) -> "ConfidenceOrder":
+        """The order of a bootstrap resample: rows `draws` (int64 (N,), in draw order) of the set
+        this order was built from, `correct` its correctness flags per example."""
+        group_ex, score_ex, num_score_groups, group_all_wrong, mixed = self._by_example
+        group = group_ex[draws]
+        counts = np.bincount(group, minlength=self.group_counts.shape[0])
+        any_mixed = bool(mixed.any())
 
-        Each example is repeated as often as it was drawn, in this order; inside a tie group with
-        both correct and incorrect examples the draws are then put in draw order (a stable sort of
-        only those draws), so the result equals a stable sort of the resampled rows.
-        """
-        counts = np.bincount(draws, minlength=n)[self.order]
-        conf = np.repeat(self.conf, counts)
-        correct = None if self.correct is None else np.repeat(self.correct, counts)
-        mixed = self._mixed
-        if mixed is not None:
-            mixed_at, group = mixed
-            pos = self._rank[draws]
-            in_mixed = np.flatnonzero(mixed_at[pos])  # draws falling in mixed groups, in draw order
-            if in_mixed.size:
-                pos = pos[in_mixed]
-                by_group = np.argsort(group[pos], kind="stable")
-                slots = np.flatnonzero(np.repeat(mixed_at, counts))
-                correct[slots] = self.correct[pos[by_group]]
-        return ConfidenceOrder(conf, correct)
+        @functools.lru_cache(maxsize=None)
+        def mixed_draws():
+            """Positions (in draw order) of the draws falling in mixed groups, stably by group."""
+            in_mixed = np.flatnonzero(mixed[group])
+            return in_mixed[np.argsort(group[in_mixed], kind="stable")]
+
+        def sequence():
+            seq = ~np.repeat(group_all_wrong, counts)  # correct flags, one value per pure group
+            if any_mixed:
+                at = mixed_draws()
+                if at.size:
+                    seq[np.flatnonzero(np.repeat(mixed, counts))] = correct[draws[at]]
+            return seq
+
+        def score_groups():
+            if score_ex is not group_ex:  # 1 - conf ties values of conf that differ (rare)
+                sg = score_ex[draws]
+                wrong = np.bincount(sg, weights=~correct[draws], minlength=num_score_groups).astype(np.int64)
+                return np.bincount(sg, minlength=num_score_groups), wrong
+            wrong = np.where(group_all_wrong, counts, 0)  # pure groups: all or none of their draws
+            if any_mixed:
+                at = mixed_draws()
+                if at.size:
+                    wrong += np.bincount(group[at], weights=~correct[draws[at]],
+                                         minlength=counts.shape[0]).astype(np.int64)
+            return counts, wrong
+
+        return ConfidenceOrder(n=draws.shape[0], correct_fn=sequence, group_counts=counts,
+                               score_groups_fn=score_groups,
+                               conf_fn=lambda: np.repeat(self.sorted_conf[self.group_ends - 1], counts))
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -560,43 +676,45 @@ def _applies(name: str, labels: bool, soft: bool, source: Source | None) -> bool
     return not (name == "mlogit" and (source is None or source.kind not in ("logits", "member_logits")))
 
 
-def _fill(out, soft_nll, rows, p, lp, shift, source, y, soft) -> None:
+def _fill(out, soft_nll, rows, chunk: Chunk, source, y, soft) -> None:
     """Write one chunk's statistics into `out` / `soft_nll` (float64 arithmetic on the chunk)."""
-    if p is not None:
-        r = np.arange(p.shape[0])
     if "conf" in out or "correct" in out:
-        pred = np.argmax(p, axis=1)
+        pred, conf = chunk.top()
         if "conf" in out:
-            out["conf"][rows] = p[r, pred]
+            out["conf"][rows] = conf
         if "correct" in out:
             out["correct"][rows] = pred == y[rows]
     if soft is None:
-        p_y = p[r, y[rows]] if p is not None and ("brier" in out or "log_p_true" in out) else None
         if "brier" in out:
-            out["brier"][rows] = np.einsum("ij,ij->i", p, p) - 2.0 * p_y + 1.0
+            out["brier"][rows] = chunk.squared_norms() - 2.0 * chunk.at(y[rows]) + 1.0
         if "log_p_true" in out:
-            if lp is None:
-                out["log_p_true"][rows] = _log(p_y)
+            if chunk.lp is None:
+                out["log_p_true"][rows] = _log(chunk.at(y[rows]))
             else:
-                lp_y = lp[np.arange(lp.shape[0]), y[rows]]
-                out["log_p_true"][rows] = lp_y if shift is None else lp_y - shift
+                lp_y = chunk.lp[np.arange(chunk.lp.shape[0]), y[rows]]
+                out["log_p_true"][rows] = lp_y if chunk.shift is None else lp_y - chunk.shift
     else:
         s = soft[rows]
         if "brier" in out:
+            p = chunk.p
             out["brier"][rows] = (np.einsum("ij,ij->i", p, p) - 2.0 * np.einsum("ij,ij->i", p, s)
                                   + np.einsum("ij,ij->i", s, s))
         if soft_nll:
-            lp_shifted = lp if shift is None else lp - shift[:, None]
+            lp = chunk.lp if chunk.shift is None else chunk.lp - chunk.shift[:, None]
             for clip, terms in soft_nll.items():
-                terms[rows] = soft_cross_entropy_rows(s, lp_shifted, clip)
+                terms[rows] = soft_cross_entropy_rows(s, lp, clip)
         if "ged" in out:
-            out["ged"][rows] = ged_rows(s, p)
+            out["ged"][rows] = ged_rows(s, chunk.p)
     if "entropy" in out:
-        out["entropy"][rows] = entropy_rows(p)
+        out["entropy"][rows] = entropy_rows(chunk.p)
     if "margin" in out:
-        out["margin"][rows] = margin_rows(p)
+        out["margin"][rows] = margin_rows(chunk.p)
     if "mlogit" in out:
         out["mlogit"][rows] = source.mlogit(rows)
+
+
+def _hard_nll(log_p_true: np.ndarray, clip: float | None) -> np.ndarray:
+    return -log_p_true if clip is None else -np.maximum(log_p_true, math.log(clip))
 
 
 def entropy_rows(p: np.ndarray) -> np.ndarray:
