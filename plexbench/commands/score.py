@@ -61,7 +61,7 @@ def run(args) -> int:
             raise PlexbenchError(f"{args.ood} has {ood.num_classes} classes but {args.predictions} has "
                                  f"{preds.num_classes}; OOD scores compare predictions over the same classes")
     fit = load_fit_file(args.fit) if args.fit else None
-    values = score(preds, ood=ood, fit=fit, bootstrap=args.bootstrap, seed=args.seed)
+    values = score(preds, ood=ood, fit=fit, bootstrap=args.bootstrap, seed=args.seed, release=True)
     if ood is not None and not (preds.has_logits and ood.has_logits):
         which = args.predictions if not preds.has_logits else args.ood
         print(f"plexbench: note: ood/mlogit/* left out: {which} holds probabilities, not logits", file=sys.stderr)
@@ -75,7 +75,7 @@ def _statistics(ood: bool) -> tuple[str, ...]:
     return CORE + (("entropy", "mlogit") if ood else ())
 
 
-def score(preds, *, ood=None, fit=None, bootstrap: int = 0, seed: int = 0) -> dict[str, float]:
+def score(preds, *, ood=None, fit=None, bootstrap: int = 0, seed: int = 0, release: bool = False) -> dict[str, float]:
     """The `plexbench score` metric set as {key: finite float}, computed by the task kinds.
 
     preds: in-distribution predictions with labels, as plexbench.metrics.PredictionStats (from
@@ -85,7 +85,8 @@ def score(preds, *, ood=None, fit=None, bootstrap: int = 0, seed: int = 0) -> di
     `<key>/ci_high` after each key: the kinds' 95% percentile intervals from B resamples drawn with
     `seed` (OOD rows resampled separately from in-distribution rows). A value that is undefined
     (calib_auc when every prediction is right, or every one wrong) is left out with its interval,
-    so every value is a finite number.
+    so every value is a finite number. `release=True` frees each statistic once no later kind reads
+    it (what the command does, to bound memory; `preds` cannot be scored again afterwards).
     """
     from plexbench.errors import PlexbenchError
     from plexbench.metrics import UndefinedMetricWarning
@@ -104,6 +105,9 @@ def score(preds, *, ood=None, fit=None, bootstrap: int = 0, seed: int = 0) -> di
         warnings.simplefilter("ignore", UndefinedMetricWarning)  # an undefined calib_auc is left out
         for kind, task, inputs in _tasks(preds, ood, fit, int(bootstrap), int(seed)):
             rows += [(_key(row.metric), row) for row in kind.evaluate(task, inputs, None).rows]
+            if release and task.kind == "selective_prediction":
+                # memory: what only the in-distribution kinds read, before the OOD scores are sorted
+                preds.stats.release("brier", "nll", "order")
     out: dict[str, float] = {}
     for key, row in rows:
         if not math.isfinite(row.value):
@@ -137,8 +141,7 @@ def _split(ref, preds, labels=None):
     if labels is None:
         # OOD data: labels are not used (a file may have none); -1 marks them unknown, without memory
         labels = preds.stats.labels if preds.stats.has_labels else np.broadcast_to(np.int64(-1), (n,))
-    ids = preds.ids if preds.ids is not None else np.arange(n)
-    return Split(ref, labels, None, ids, None, preds.embeddings, preds.stats)
+    return Split(ref, labels, None, preds.ids, None, preds.embeddings, preds.stats)
 
 
 def _tasks(preds, ood, fit, bootstrap: int, seed: int):
@@ -173,7 +176,7 @@ def _tasks(preds, ood, fit, bootstrap: int, seed: int):
             if p.embeddings is None:
                 raise PlexbenchError(f"Mahalanobis scores need embeddings, but the {which} have none")
         embeddings, labels = fit
-        ood_inputs["fit"] = Split(ref, labels, None, np.arange(len(labels)), None, embeddings)
+        ood_inputs["fit"] = Split(ref, labels, None, None, None, embeddings)
         scorers += ["maha", "rmaha"]
     params = OODParams(ood=(ood_ref,), scorers=tuple(scorers))
     yield R.get_kind("ood"), TaskSpec(kind="ood", params=params, **common), ood_inputs

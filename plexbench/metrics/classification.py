@@ -207,7 +207,7 @@ def calib_auc_sorted(order: ConfidenceOrder) -> float:
     examples and of incorrect (positive) ones: the Mann-Whitney statistic
     2U = sum_g P_g (2 Q_<g + Q_g) over groups (P positives, Q negatives; ties count 1/2), exact in
     int64, then AUC = 2U / (2 P Q) (the same number as the rank-sum form)."""
-    counts, positives = order.score_groups
+    counts, positives = order.score_groups()
     value = _ranking.auc_from_groups(positives, counts - positives)
     if np.isnan(value):
         return C.undefined("calib_auc", "all predictions are correct, or all are incorrect")

@@ -208,41 +208,56 @@ def _check_binary(is_ood, score) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DetectionScores:
-    """One scorer's in-distribution scores (N,) and OOD scores (M,), sorted together once.
+    """One scorer's in-distribution scores (N,) and OOD scores (M,), sorted together when needed.
 
-    `scores` / `is_ood`: float64 (N + M,) / bool, ascending by score (stable). `metrics()` ->
-    {"auroc", "auprc", "fpr95"} (NaN with a warning when a side is empty). `resample((in, out))`
-    -> the DetectionScores of rows `in` of the in-distribution side and rows `out` of the OOD side
-    (the two strata are resampled separately): each example repeated as often as drawn, in this
-    order, so no new sort (tied scores never split a threshold, so their order does not matter).
-    `strata`: ((N, 0), (M, stream)): the bootstrap draws in-distribution rows from the task seed
-    and OOD rows from the stream `stream` of it (plexbench.metrics.bootstrap).
+    `metrics()` -> {"auroc", "auprc", "fpr95"} (NaN with a warning when a side is empty), from one
+    stable ascending sort of the N + M scores; the sorted arrays are not kept afterwards unless the
+    scores are being resampled. `resample((in, out))` -> the DetectionScores of rows `in` of the
+    in-distribution side and rows `out` of the OOD side (the two strata are resampled separately):
+    each example repeated as often as drawn, in sorted order, so no new sort (tied scores never
+    split a threshold, so their order does not matter). `strata`: ((N, 0), (M, stream)): the
+    bootstrap draws in-distribution rows from the task seed and OOD rows from stream `stream` of it
+    (plexbench.metrics.bootstrap).
     """
 
     def __init__(self, score_in, score_out, *, stream: int = 1, _sorted=None):
-        if _sorted is None:
-            s_in = C.check_finite(score_in, "in-distribution scores", 1)
-            s_out = C.check_finite(score_out, "OOD scores", 1)
-            self.num_in, self.num_out = s_in.shape[0], s_out.shape[0]
-            scores = np.concatenate([s_in, s_out])
-            self.order = np.argsort(scores, kind="stable")
-            self.scores = scores[self.order]
-            self.is_ood = self.order >= self.num_in
-        else:
-            self.scores, self.is_ood, self.num_in, self.num_out = _sorted
-            self.order = None
         self.stream = stream
         self._metrics: dict | None = None
+        self._keep = False
+        if _sorted is None:
+            self._in = C.check_finite(score_in, "in-distribution scores", 1)
+            self._out = C.check_finite(score_out, "OOD scores", 1)
+            self.num_in, self.num_out = self._in.shape[0], self._out.shape[0]
+            self._sorted_arrays = None
+        else:
+            scores, is_ood, self.num_in, self.num_out = _sorted
+            self._sorted_arrays = (None, scores, is_ood)
 
     @property
     def strata(self) -> tuple[tuple[int, int], ...]:
         return ((self.num_in, 0), (self.num_out, self.stream))
 
+    def _sorted(self) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(order, scores ascending, is_ood in that order); order is None for a resample, and
+        not kept unless resampling (memory: each array here has N + M entries)."""
+        if self._sorted_arrays is None:
+            scores = np.concatenate([self._in, self._out])
+            order = np.argsort(scores, kind="stable")
+            is_ood = order >= self.num_in
+            if not self._keep:
+                order = None
+            scores.sort()  # in place: the same values as scores[order]
+            self._sorted_arrays = (order, scores, is_ood)
+        return self._sorted_arrays
+
     def resample(self, draws) -> "DetectionScores":
+        if not self._keep:
+            self._keep, self._sorted_arrays = True, None  # a bootstrap resamples often: keep the order
+        order, scores, is_ood = self._sorted()
         idx_in, idx_out = draws
         counts = np.concatenate([np.bincount(idx_in, minlength=self.num_in),
-                                 np.bincount(idx_out, minlength=self.num_out)])[self.order]
-        view = (np.repeat(self.scores, counts), np.repeat(self.is_ood, counts), idx_in.shape[0], idx_out.shape[0])
+                                 np.bincount(idx_out, minlength=self.num_out)])[order]
+        view = (np.repeat(scores, counts), np.repeat(is_ood, counts), idx_in.shape[0], idx_out.shape[0])
         return DetectionScores(None, None, stream=self.stream, _sorted=view)
 
     def metrics(self) -> dict[str, float]:
@@ -251,7 +266,10 @@ class DetectionScores:
                 nan = C.undefined("ood metrics", "needs both OOD and in-distribution examples")
                 self._metrics = {"auroc": nan, "auprc": nan, "fpr95": nan}
             else:
-                self._metrics = ood_metrics_sorted(self.scores, self.is_ood)
+                _, scores, is_ood = self._sorted()
+                self._metrics = ood_metrics_sorted(scores, is_ood)
+            if not self._keep and self.__dict__.get("_in") is not None:
+                self._sorted_arrays = None  # memory: the point values are known, a resample sorts again
         return self._metrics
 
 
@@ -315,13 +333,14 @@ def ood_metrics(score_in, score_out) -> dict[str, float]:
 
 
 def ood_metrics_sorted(sorted_scores: np.ndarray, sorted_pos: np.ndarray) -> dict[str, float]:
-    """ood_metrics from scores sorted ascending and the matching OOD flags (both classes present)."""
-    tps, fps, _ = _ranking.descending_operating_points(sorted_scores, sorted_pos)
-    return {
-        "auroc": _ranking.mann_whitney_auc(sorted_scores, sorted_pos),
-        "auprc": _ranking.average_precision(tps, fps),
-        "fpr95": _ranking.fpr_at_tpr(tps, fps, 0.95),
-    }
+    """ood_metrics from scores sorted ascending and the matching OOD flags (both classes present),
+    through the counts of OOD and in-distribution examples per run of tied scores (few arrays of
+    the number of distinct scores; the same numbers as the rank-sum and operating-point forms)."""
+    pos, neg = _ranking.group_counts(sorted_scores, sorted_pos)
+    auroc = _ranking.auc_from_groups(pos, neg)
+    tps, fps = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])  # thresholds from high to low
+    del pos, neg
+    return {"auroc": auroc, "auprc": _ranking.average_precision(tps, fps), "fpr95": _ranking.fpr_at_tpr(tps, fps, 0.95)}
 
 
 class DetectionSet(dict):

@@ -15,14 +15,13 @@ AURC = sort_by_confidence -> cumulative_risk -> area, each a function here.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
 from plexbench.metrics import _checks as C
 from plexbench.metrics.direction import declares
-from plexbench.metrics.stats import ConfidenceOrder, stats_of
+from plexbench.metrics.stats import ConfidenceOrder, SortedOrder, stats_of
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -37,7 +36,7 @@ def num_referred(n: int, fraction: float) -> int:
 
 def oc_acc_from(conf: np.ndarray, correct: np.ndarray, fraction: float) -> float:
     """Oracle-collaborative accuracy from confidences and correctness flags (validated), O(N log N)."""
-    return oc_acc_sorted(ConfidenceOrder.of(conf, correct), fraction)
+    return oc_acc_sorted(SortedOrder(conf, correct), fraction)
 
 
 def oc_acc_sorted(order: ConfidenceOrder, fraction: float) -> float:
@@ -57,10 +56,7 @@ def oc_acc_sorted(order: ConfidenceOrder, fraction: float) -> float:
         return total_correct / n
     if k >= n:
         return 1.0
-    ends = order.group_ends
-    t = int(np.searchsorted(ends, n - k, side="right"))  # the tie group at position n - k
-    below_start = int(ends[t])
-    ties_start = below_start - int(order.group_counts[t])
+    ties_start, below_start = order.tie_bounds(n - k)  # the run of confidence t = the k-th smallest
     tied = k - (n - below_start)
 
     def correct_in(a: int, b: int) -> int:
@@ -133,15 +129,7 @@ def risk_coverage_curve(labels, probs=None) -> dict[str, np.ndarray]:
 
 def risk_from(order: ConfidenceOrder) -> np.ndarray:
     """cumulative_risk of the descending confidence order, from its running error count."""
-    return order.errors[1:] / coverage_counts(order.n)
-
-
-@functools.lru_cache(maxsize=8)
-def coverage_counts(n: int) -> np.ndarray:
-    """1.0, 2.0, ..., n as float64 (the divisors of the risk; kept, a bootstrap divides by them often)."""
-    out = np.arange(1, n + 1, dtype=np.float64)
-    out.flags.writeable = False
-    return out
+    return order.errors[1:] / np.arange(1.0, order.n + 1.0)
 
 
 def aurc_sorted(order: ConfidenceOrder) -> float:

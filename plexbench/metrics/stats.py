@@ -40,8 +40,9 @@ Example:
 
 from __future__ import annotations
 
-import functools
+import bisect
 import math
+import operator
 from functools import cached_property
 from typing import Iterable, Iterator
 
@@ -272,9 +273,9 @@ def _check_lse(lse: np.ndarray, name: str, start: int) -> None:
                              f"logsumexp {lse[worst]:.6g} (tolerance {C.SUM_TOLERANCE:g})")
 
 
-def row_chunks(n_rows: int, n_values_per_row: int, chunk_elements: int = CHUNK_ELEMENTS):
-    """Slices covering range(n_rows) with about `chunk_elements` values each."""
-    step = max(1, chunk_elements // max(1, n_values_per_row))
+def row_chunks(n_rows: int, n_values_per_row: int, chunk_elements: int | None = None):
+    """Slices covering range(n_rows) with about `chunk_elements` (default CHUNK_ELEMENTS) values each."""
+    step = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(1, n_values_per_row))
     for start in range(0, n_rows, step):
         yield slice(start, min(n_rows, start + step))
 
@@ -376,6 +377,8 @@ class ExampleStats:
     def _get(self, name: str) -> np.ndarray | None:
         if name in self._arrays:
             return self._arrays[name]
+        if self._parent is None and self.source is None and self._released(name):
+            raise PlexbenchError(f"statistic '{name}' was released")
         if self._parent is not None:
             base = self._parent._get(name)
             value = None if base is None else base[self._index]
@@ -383,6 +386,10 @@ class ExampleStats:
             value = self._compute(name)
         self._arrays[name] = value
         return value
+
+    def _released(self, name: str) -> bool:
+        stat = "nll" if name == "log_p_true" else name
+        return _applies(stat, self.has_labels, self.has_soft, None) and not (name == "log_p_true" and self.has_soft)
 
     def _compute(self, name: str) -> np.ndarray | None:
         """A statistic left out of the pass: another pass over the source (None when it does not
@@ -429,14 +436,29 @@ class ExampleStats:
         if not self.has_labels:
             raise PlexbenchError(f"{what} have no labels (need 'labels' or 'soft_labels')")
 
+    def release(self, *names: str) -> None:
+        """Drop computed statistics (names of CORE / EXTRA_STATS, or "order" for the confidence
+        order) that no later metric reads, to bound memory; with the source released they cannot be
+        read again. A full set only."""
+        for name in names:
+            if name == "order":
+                self.__dict__.pop("sorted_by_confidence", None)
+            elif name == "nll":
+                self._arrays.pop("log_p_true", None)
+                self._soft_nll.clear()
+            else:
+                self._arrays.pop(name, None)
+
     def derived(self, key, compute) -> np.ndarray:
-        """A per-example array computed once by `compute(stats)` on the full set (e.g. ECE bin
-        indices) and read by resamples and subsets at their rows (the same values as computing it
-        on them: `compute` must work row by row)."""
-        cache = self.__dict__.setdefault("_derived", {})
+        """A per-example array `compute(stats)` (e.g. ECE bin indices); `compute` must work row by
+        row. A full set computes it each time (nothing kept); its resamples and subsets read the
+        full set's array at their rows, computed once and kept on the full set."""
+        if self._parent is None:
+            return compute(self)
+        cache = self._parent.__dict__.setdefault("_derived", {})
         if key not in cache:
-            cache[key] = compute(self) if self._parent is None else self._parent.derived(key, compute)[self._index]
-        return cache[key]
+            cache[key] = compute(self._parent)
+        return cache[key][self._index]
 
     def nll_terms(self, clip: float | None = NLL_CLIP) -> np.ndarray:
         """Per-example NLL (N,) float64: -log max(p_y, clip) for hard labels (clip=None: exact,
@@ -446,7 +468,7 @@ class ExampleStats:
         if clip is not None and not 0 < clip < 1:
             raise PlexbenchError(f"clip must be in (0, 1), got {clip}")
         if not self.has_soft:
-            return self.derived(("nll", clip), lambda s: _hard_nll(s._get("log_p_true"), clip))
+            return _hard_nll(self._get("log_p_true"), clip)
         return self._soft_terms(clip)
 
     def _soft_terms(self, clip):
@@ -506,12 +528,18 @@ class ExampleStats:
 
     # ------------------------------------------------------------------ the confidence order
     @cached_property
-    def sorted_by_confidence(self) -> "ConfidenceOrder":
+    def sorted_by_confidence(self) -> ConfidenceOrder:
         """Examples by DESCENDING confidence, ties in example order (a stable sort on -conf); for
-        a resample, ties in draw order (what sorting the resampled rows would give)."""
+        a resample, ties in draw order (what sorting the resampled rows would give), from the full
+        set's `resampling` plan without a sort."""
         if self._resample:
-            return self._parent.sorted_by_confidence.resampled(self._index, self._parent.correct)
-        return ConfidenceOrder.of(self.conf, self.correct)
+            return ResampledOrder(self._parent.resampling, self._index, self._parent.correct)
+        return SortedOrder(self.conf, self.correct)
+
+    @cached_property
+    def resampling(self) -> Resampling:
+        """The plan a resample's confidence order is built from (computed on the first resample)."""
+        return Resampling(self.conf, self.correct)
 
 
 def tie_groups(sorted_values: np.ndarray) -> np.ndarray:
@@ -524,70 +552,20 @@ def tie_groups(sorted_values: np.ndarray) -> np.ndarray:
 
 class ConfidenceOrder:
     """The examples in DESCENDING confidence order (a stable sort on -conf: ties in example order),
-    summarised for AURC, oracle-collaborative accuracy and calib_auc.
+    as AURC, oracle-collaborative accuracy and calib_auc read them.
 
-    - `correct` bool (N,): correctness in that order; `errors` int64 (N + 1,): errors[k] = number
-      of incorrect among the first k;
-    - tie groups (runs of equal confidence, numbered in that order): `group_counts` (G,) and
-      `group_ends` (G,) (end position of each group in the order); calib_auc uses the groups of
-      equal 1 - conf (`score_groups`: their counts and incorrect counts), which can be coarser.
-
-    `resampled(draws)` gives the same summary of a bootstrap resample in O(N) without sorting: the
-    group counts are bincounts of the drawn examples' groups, and the order repeats each group
-    (inside a group of equal confidence with both correct and incorrect examples the draws are put
-    in draw order, what a stable sort of the resampled rows gives).
+    `n`; `correct` bool (N,): correctness in that order; `errors` int64 (N + 1,): errors[k] =
+    incorrect among the first k; `conf` float64 (N,): the confidences in that order;
+    `tie_bounds(position)`: (start, end) of the run of equal confidence holding `position`;
+    `score_groups()`: (examples, incorrect examples) per group of equal score 1 - conf, in ascending
+    score order (calib_auc; 1 - conf can tie confidences that differ, so these groups can be coarser).
+    Two implementations: `SortedOrder` (a full set, from one sort) and `ResampledOrder` (a bootstrap
+    resample of it, O(N) without sorting).
     """
 
-    def __init__(self, *, n: int, correct_fn, group_counts: np.ndarray, score_groups_fn, conf_fn):
-        self.n = n
-        self._correct_fn, self._score_groups_fn, self._conf_fn = correct_fn, score_groups_fn, conf_fn
-        self.group_counts = group_counts
-
-    # -- the full set ---------------------------------------------------------------------------
-    @classmethod
-    def of(cls, conf: np.ndarray, correct: np.ndarray | None) -> "ConfidenceOrder":
-        order = np.argsort(-conf, kind="stable")
-        sorted_conf = conf[order]
-        group = tie_groups(sorted_conf)
-        sorted_correct = None if correct is None else correct[order]
-        full = cls(n=conf.shape[0], correct_fn=lambda: sorted_correct, group_counts=np.bincount(group),
-                   score_groups_fn=None, conf_fn=lambda: sorted_conf)
-        full.order, full.sorted_conf, full.group_sorted = order, sorted_conf, group
-        full._score_groups_fn = full._full_score_groups
-        return full
-
-    def _full_score_groups(self):
-        score = 1.0 - self.sorted_conf  # ascending; may tie values of conf that differ
-        group = tie_groups(score)
-        if group[-1] == self.group_sorted[-1]:
-            group = self.group_sorted  # same runs (the common case): one grouping serves both
-        incorrect = np.bincount(group, weights=~self.correct).astype(np.int64)
-        return np.bincount(group), incorrect
-
-    @cached_property
-    def _by_example(self):
-        """(conf group, score group, mixed flag of the conf group) per example, for resampling."""
-        group_ex = np.empty(self.n, dtype=np.int64)
-        group_ex[self.order] = self.group_sorted
-        score_group = tie_groups(1.0 - self.sorted_conf)
-        score_ex = group_ex
-        if score_group[-1] != self.group_sorted[-1]:
-            score_ex = np.empty(self.n, dtype=np.int64)
-            score_ex[self.order] = score_group
-        right = np.bincount(self.group_sorted, weights=self.correct)
-        group_all_wrong = right == 0
-        mixed = (right > 0) & (right < self.group_counts)
-        return group_ex, score_ex, score_group[-1] + 1, group_all_wrong, mixed
-
-    # -- what the metrics read ------------------------------------------------------------------
-    @cached_property
-    def correct(self) -> np.ndarray:
-        return self._correct_fn()
-
-    @cached_property
-    def conf(self) -> np.ndarray:
-        """Confidences in the order, float64 (N,)."""
-        return self._conf_fn()
+    n: int
+    correct: np.ndarray
+    conf: np.ndarray
 
     @cached_property
     def errors(self) -> np.ndarray:
@@ -595,54 +573,117 @@ class ConfidenceOrder:
         np.cumsum(~self.correct, out=out[1:])
         return out
 
+    def tie_bounds(self, position: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def score_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class SortedOrder(ConfidenceOrder):
+    """The order of a full set: its sorted confidences and correctness flags, nothing of size N more
+    (tie runs are found by binary search; calib_auc's groups are built when asked and not kept)."""
+
+    def __init__(self, conf: np.ndarray, correct: np.ndarray | None):
+        order = np.argsort(-conf, kind="stable")
+        self.n = conf.shape[0]
+        self.conf = conf[order]
+        self.correct = None if correct is None else correct[order]
+
+    def tie_bounds(self, position: int) -> tuple[int, int]:
+        value = self.conf[position]
+        start = bisect.bisect_left(self.conf, -value, 0, position, key=operator.neg)
+        end = bisect.bisect_right(self.conf, -value, position, self.n, key=operator.neg)
+        return start, end
+
+    def score_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        group = tie_groups(1.0 - self.conf)
+        return np.bincount(group), np.bincount(group, weights=~self.correct).astype(np.int64)
+
+
+class ResampledOrder(ConfidenceOrder):
+    """The order of a bootstrap resample (rows `draws` of a full set, in draw order), from the full
+    set's tie groups (`Resampling`): the resample's examples per group are bincounts of the drawn
+    examples' groups; the correctness sequence repeats each group's flag, except inside groups
+    holding both correct and incorrect examples, where the draws go in draw order (what a stable
+    sort of the resampled rows gives). O(N) per resample."""
+
+    def __init__(self, plan: "Resampling", draws: np.ndarray, correct: np.ndarray):
+        self.plan, self.draws, self._correct_ex = plan, draws, correct
+        self.n = draws.shape[0]
+        self.group = plan.group_ex[draws]
+        self.group_counts = np.bincount(self.group, minlength=plan.num_groups)
+
     @cached_property
     def group_ends(self) -> np.ndarray:
         return np.cumsum(self.group_counts)
 
     @cached_property
+    def _mixed_draws(self) -> np.ndarray:
+        """Positions (in draw order) of the draws falling in mixed groups, stably by group."""
+        in_mixed = np.flatnonzero(self.plan.mixed[self.group])
+        return in_mixed[np.argsort(self.group[in_mixed], kind="stable")]
+
+    @cached_property
+    def correct(self) -> np.ndarray:
+        seq = ~np.repeat(self.plan.all_wrong, self.group_counts)  # one flag per pure group
+        if self.plan.any_mixed:
+            at = self._mixed_draws
+            if at.size:
+                seq[np.flatnonzero(np.repeat(self.plan.mixed, self.group_counts))] = \
+                    self._correct_ex[self.draws[at]]
+        return seq
+
+    @cached_property
+    def conf(self) -> np.ndarray:
+        return np.repeat(self.plan.group_conf, self.group_counts)
+
+    def tie_bounds(self, position: int) -> tuple[int, int]:
+        t = int(np.searchsorted(self.group_ends, position, side="right"))
+        end = int(self.group_ends[t])
+        return end - int(self.group_counts[t]), end
+
     def score_groups(self) -> tuple[np.ndarray, np.ndarray]:
-        """(examples, incorrect examples) per group of equal 1 - conf, in ascending 1 - conf."""
-        return self._score_groups_fn()
+        plan = self.plan
+        if plan.score_group_ex is not None:  # 1 - conf ties confidences that differ (rare)
+            sg = plan.score_group_ex[self.draws]
+            wrong = np.bincount(sg, weights=~self._correct_ex[self.draws], minlength=plan.num_score_groups)
+            return np.bincount(sg, minlength=plan.num_score_groups), wrong.astype(np.int64)
+        wrong = np.where(plan.all_wrong, self.group_counts, 0)  # pure groups: all or none of their draws
+        if plan.any_mixed:
+            at = self._mixed_draws
+            if at.size:
+                wrong += np.bincount(self.group[at], weights=~self._correct_ex[self.draws[at]],
+                                     minlength=plan.num_groups).astype(np.int64)
+        return self.group_counts, wrong
 
-    # -- resampling -----------------------------------------------------------------------------
-    def resampled(self, draws: np.ndarray, correct: np.ndarray) -> "ConfidenceOrder":
-        """The order of a bootstrap resample: rows `draws` (int64 (N,), in draw order) of the set
-        this order was built from, `correct` its correctness flags per example."""
-        group_ex, score_ex, num_score_groups, group_all_wrong, mixed = self._by_example
-        group = group_ex[draws]
-        counts = np.bincount(group, minlength=self.group_counts.shape[0])
-        any_mixed = bool(mixed.any())
 
-        @functools.lru_cache(maxsize=None)
-        def mixed_draws():
-            """Positions (in draw order) of the draws falling in mixed groups, stably by group."""
-            in_mixed = np.flatnonzero(mixed[group])
-            return in_mixed[np.argsort(group[in_mixed], kind="stable")]
+class Resampling:
+    """What resampling a labelled set needs, computed once per set (one more sort): the tie group
+    (runs of equal confidence, numbered in descending confidence) of each example, each group's
+    confidence, whether a group is all wrong or mixed, and calib_auc's groups of equal 1 - conf when
+    they differ from the confidence groups."""
 
-        def sequence():
-            seq = ~np.repeat(group_all_wrong, counts)  # correct flags, one value per pure group
-            if any_mixed:
-                at = mixed_draws()
-                if at.size:
-                    seq[np.flatnonzero(np.repeat(mixed, counts))] = correct[draws[at]]
-            return seq
-
-        def score_groups():
-            if score_ex is not group_ex:  # 1 - conf ties values of conf that differ (rare)
-                sg = score_ex[draws]
-                wrong = np.bincount(sg, weights=~correct[draws], minlength=num_score_groups).astype(np.int64)
-                return np.bincount(sg, minlength=num_score_groups), wrong
-            wrong = np.where(group_all_wrong, counts, 0)  # pure groups: all or none of their draws
-            if any_mixed:
-                at = mixed_draws()
-                if at.size:
-                    wrong += np.bincount(group[at], weights=~correct[draws[at]],
-                                         minlength=counts.shape[0]).astype(np.int64)
-            return counts, wrong
-
-        return ConfidenceOrder(n=draws.shape[0], correct_fn=sequence, group_counts=counts,
-                               score_groups_fn=score_groups,
-                               conf_fn=lambda: np.repeat(self.sorted_conf[self.group_ends - 1], counts))
+    def __init__(self, conf: np.ndarray, correct: np.ndarray):
+        order = np.argsort(-conf, kind="stable")
+        sorted_conf = conf[order]
+        group = tie_groups(sorted_conf)
+        self.num_groups = int(group[-1]) + 1
+        self.group_ex = np.empty(conf.shape[0], dtype=np.int64)
+        self.group_ex[order] = group
+        counts = np.bincount(group)
+        right = np.bincount(group, weights=correct[order])
+        self.all_wrong = right == 0
+        self.mixed = (right > 0) & (right < counts)
+        self.any_mixed = bool(self.mixed.any())
+        ends = np.cumsum(counts)
+        self.group_conf = sorted_conf[ends - 1]
+        score_group = tie_groups(1.0 - sorted_conf)
+        self.score_group_ex, self.num_score_groups = None, self.num_groups
+        if score_group[-1] != group[-1]:
+            self.score_group_ex = np.empty(conf.shape[0], dtype=np.int64)
+            self.score_group_ex[order] = score_group
+            self.num_score_groups = int(score_group[-1]) + 1
 
 
 # ----------------------------------------------------------------------------- the pass

@@ -42,14 +42,15 @@ class Split:
     log-mean-exp over members); `logits` float (E, N, K) or None when unknown (prediction files
     may omit them); `embeddings` float (E, N, D) or None; `ids` int64 (N,), the example index in
     the split (dataset order). `stats`: the per-example statistics (plexbench.metrics.ExampleStats)
-    when the caller already has them (`plexbench score` keeps only those, and `log_probs` is None
-    then); otherwise `split_stats` computes them from `log_probs` once per Split.
+    when the caller already has them (`plexbench score` keeps only those: `log_probs` is None then,
+    and `ids` too unless its file has them; the kinds it runs read neither); otherwise `split_stats`
+    computes them from `log_probs` once per Split.
     """
 
     ref: DatasetRef
     labels: np.ndarray
     log_probs: np.ndarray | None
-    ids: np.ndarray
+    ids: np.ndarray | None
     logits: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     stats: Any = field(default=None, compare=False, repr=False)
