@@ -100,16 +100,22 @@ def score(preds, *, ood=None, fit=None, bootstrap: int = 0, seed: int = 0, relea
     if ood is not None and ood.num_classes != preds.num_classes:
         raise PlexbenchError(f"the OOD predictions have {ood.num_classes} classes but the predictions have "
                              f"{preds.num_classes}")
+    from plexbench.tasks.kinds.base import shared_bootstrap
+
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)  # an undefined calib_auc is left out
-        for kind, task, inputs in _tasks(preds, ood, fit, int(bootstrap), int(seed)):
-            rows += [(_key(row.metric), row) for row in kind.evaluate(task, inputs, None).rows]
-            if release and task.kind == "selective_prediction":
+        for group in _tasks(preds, ood, fit, int(bootstrap), int(seed)):
+            # the kinds of a group measure the same data: one bootstrap, the same resamples for all
+            with shared_bootstrap() as session:
+                done = [row for kind, task, inputs in group for row in kind.evaluate(task, inputs, None).rows]
+            rows += session.resolve(done)
+            if release and ood is not None:
                 # memory: what only the in-distribution kinds read, before the OOD scores are sorted
                 preds.stats.release("brier", "nll", "order")
     out: dict[str, float] = {}
-    for key, row in rows:
+    for row in rows:
+        key = _key(row.metric)
         if not math.isfinite(row.value):
             continue
         out[key] = row.value
@@ -145,7 +151,8 @@ def _split(ref, preds, labels=None):
 
 
 def _tasks(preds, ood, fit, bootstrap: int, seed: int):
-    """(kind, task, inputs) of the kinds `score` runs, in the order of its keys."""
+    """Groups of (kind, task, inputs) of the kinds `score` runs, in the order of its keys: the
+    in-distribution kinds (one split), then the OOD kind."""
     import numpy as np
 
     from plexbench.errors import PlexbenchError
@@ -159,12 +166,12 @@ def _tasks(preds, ood, fit, bootstrap: int, seed: int):
     ref = DatasetRef("predictions")
     common = {"version": 1, "dataset": ref, "bootstrap": bootstrap, "seed": seed}
     inputs = {"eval": _split(ref, preds)}
-    yield (R.get_kind("in_distribution"), TaskSpec(kind="in_distribution", metrics=IN_DISTRIBUTION_METRICS,
-                                                   **common), inputs)
-    yield (R.get_kind("calibration"), TaskSpec(kind="calibration", metrics=CALIBRATION_METRICS,
-                                               params=CalibrationParams(), **common), inputs)
-    yield (R.get_kind("selective_prediction"), TaskSpec(kind="selective_prediction", params=SelectiveParams(),
-                                                        **common), inputs)
+    yield [(R.get_kind("in_distribution"), TaskSpec(kind="in_distribution", metrics=IN_DISTRIBUTION_METRICS,
+                                                    **common), inputs),
+           (R.get_kind("calibration"), TaskSpec(kind="calibration", metrics=CALIBRATION_METRICS,
+                                                params=CalibrationParams(), **common), inputs),
+           (R.get_kind("selective_prediction"), TaskSpec(kind="selective_prediction", params=SelectiveParams(),
+                                                         **common), inputs)]
     if ood is None:
         return
     scorers = ["msp", "entropy"] + (["mlogit"] if preds.has_logits and ood.has_logits else [])
@@ -179,7 +186,7 @@ def _tasks(preds, ood, fit, bootstrap: int, seed: int):
         ood_inputs["fit"] = Split(ref, labels, None, None, None, embeddings)
         scorers += ["maha", "rmaha"]
     params = OODParams(ood=(ood_ref,), scorers=tuple(scorers))
-    yield R.get_kind("ood"), TaskSpec(kind="ood", params=params, **common), ood_inputs
+    yield [(R.get_kind("ood"), TaskSpec(kind="ood", params=params, **common), ood_inputs)]
 
 
 def _key(metric: str) -> str:

@@ -120,7 +120,8 @@ def ece(labels, probs=None, *, num_bins: int = 15) -> float:
     """
     stats, b = _bins_stats(labels, probs, num_bins, "ece")
     bins = stats.derived(("bins", b), lambda s: equal_width_bins(s.conf, b))
-    _, conf_sum, acc_sum = binned_sums(bins, stats.conf, stats.correct, b)
+    conf_sum = np.bincount(bins, weights=stats.conf, minlength=b)
+    acc_sum = np.bincount(bins[stats.correct], minlength=b).astype(np.float64)  # = sums of 0/1 weights
     return float(np.abs(acc_sum - conf_sum).sum() / stats.num_examples)
 
 

@@ -755,7 +755,10 @@ def _fill(out, soft_nll, rows, chunk: Chunk, source, y, soft) -> None:
 
 
 def _hard_nll(log_p_true: np.ndarray, clip: float | None) -> np.ndarray:
-    return -log_p_true if clip is None else -np.maximum(log_p_true, math.log(clip))
+    if clip is None:
+        return -log_p_true
+    out = np.maximum(log_p_true, math.log(clip))
+    return np.negative(out, out=out)
 
 
 def entropy_rows(p: np.ndarray) -> np.ndarray:

@@ -9,6 +9,9 @@ Kinds never run a model and never read files except through `EvalContext`.
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,21 +226,74 @@ def measure(task: TaskSpec, ref: DatasetRef, functions: Mapping[str, Callable[[A
     interval from `task.bootstrap` resamples of `data` drawn with seed `task.seed`
     (plexbench.metrics.bootstrap_intervals: every metric of the call sees the same resamples; a
     resample gathers per-example statistics, O(N), and OOD data resamples in- and out-of-distribution
-    rows separately).
+    rows separately). Inside `shared_bootstrap()` the intervals are computed later, once for all the
+    calls on the same data (see there).
 
     `data`: an ExampleStats (the split's per-example statistics) or a DetectionSet (OOD scores); `n`:
     the row count reported (default: the data's rows, in- plus out-of-distribution for OOD data).
     """
-    from plexbench.metrics import bootstrap_intervals
-
     values = {name: float(fn(data)) for name, fn in functions.items()}
-    intervals = {}
-    if task.bootstrap > 0 and functions:
-        intervals = bootstrap_intervals(functions, data, num_samples=task.bootstrap, seed=task.seed)
     rows_n = n if n is not None else sum(k for k, _ in data.strata)
-    return [MetricRow(dataset or ref.label, ref.split, name, value, int(rows_n),
-                      *(float(x) for x in intervals.get(name, (math.nan, math.nan))))
-            for name, value in values.items()]
+    rows = [MetricRow(dataset or ref.label, ref.split, name, value, int(rows_n)) for name, value in values.items()]
+    if task.bootstrap > 0 and functions:
+        session = _SESSION.get()
+        if session is not None:
+            session.defer(rows, functions, data, task.bootstrap, task.seed)
+        else:
+            from plexbench.metrics import bootstrap_intervals
+
+            intervals = bootstrap_intervals(functions, data, num_samples=task.bootstrap, seed=task.seed)
+            rows = [dataclasses.replace(row, ci_low=float(intervals[row.metric][0]),
+                                        ci_high=float(intervals[row.metric][1])) for row in rows]
+    return rows
+
+
+class BootstrapSession:
+    """Intervals deferred by `measure` calls made inside `shared_bootstrap()`: `resolve(rows)`
+    computes them with one bootstrap per (data, resamples, seed), every metric of every call on the
+    same data seeing the same resamples (what separate calls with the same seed would draw, so the
+    numbers are the same; the draws and each resample's confidence order are made once)."""
+
+    def __init__(self):
+        self._pending: list[tuple[list[MetricRow], Mapping[str, Callable], Any, int, int]] = []
+        self._done: dict[int, MetricRow] = {}
+
+    def defer(self, rows, functions, data, num_samples: int, seed: int) -> None:
+        self._pending.append((rows, functions, data, num_samples, seed))
+
+    def resolve(self, rows: Sequence[MetricRow]) -> list[MetricRow]:
+        """`rows` with the intervals of the deferred ones filled in (computed now if pending)."""
+        from plexbench.metrics import bootstrap_intervals
+
+        groups: dict[tuple, list] = {}
+        for entry in self._pending:
+            groups.setdefault((id(entry[2]), entry[3], entry[4]), []).append(entry)
+        self._pending = []
+        for entries in groups.values():
+            functions = {(i, name): fn for i, entry in enumerate(entries) for name, fn in entry[1].items()}
+            _, _, data, num_samples, seed = entries[0]
+            intervals = bootstrap_intervals(functions, data, num_samples=num_samples, seed=seed)
+            for i, (deferred, *_) in enumerate(entries):
+                for row in deferred:
+                    low, high = intervals[(i, row.metric)]
+                    self._done[id(row)] = dataclasses.replace(row, ci_low=float(low), ci_high=float(high))
+        return [self._done.get(id(row), row) for row in rows]
+
+
+_SESSION: contextvars.ContextVar[BootstrapSession | None] = contextvars.ContextVar("bootstrap_session", default=None)
+
+
+@contextlib.contextmanager
+def shared_bootstrap():
+    """Defer the intervals of `measure` inside the block to one bootstrap per data (BootstrapSession);
+    call `session.resolve(rows)` for the rows with intervals. Used by `plexbench score`, whose kinds
+    measure the same split."""
+    session = BootstrapSession()
+    token = _SESSION.set(session)
+    try:
+        yield session
+    finally:
+        _SESSION.reset(token)
 
 
 def summary_row(ref_label: str, split: str, metric: str, value: float, n: int,
