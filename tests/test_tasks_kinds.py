@@ -303,8 +303,8 @@ def test_kinds_bootstrap_with_the_task_seed(tmp_path, kind_yaml, metric_fns):
 def test_ood_kind_bootstrap_is_stratified_with_the_task_seed(tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    task = _task(tmp_path, "kind: ood\nversion: 1\ndataset: {name: fashion_mnist}\n"
-                           "params: {ood: [{name: digits, alias: d}, {name: digits, alias: e}], scorers: [msp, mlogit]}\n")
+    task = _task(tmp_path, "kind: ood\nversion: 1\ndataset: {name: fashion_mnist}\nparams: "
+                           "{ood: [{name: digits, alias: d}, {name: digits, alias: e}], scorers: [msp, mlogit]}\n")
     kind = R.get_kind("ood")
     labels, probs, logits = _labelled_split(n=120)
     _, p_d, l_d = _labelled_split(n=60, seed=1)

@@ -153,8 +153,6 @@ def _split(ref, preds, labels=None):
 def _tasks(preds, ood, fit, bootstrap: int, seed: int):
     """Groups of (kind, task, inputs) of the kinds `score` runs, in the order of its keys: the
     in-distribution kinds (one split), then the OOD kind."""
-    import numpy as np
-
     from plexbench.errors import PlexbenchError
     from plexbench.tasks import registry as R
     from plexbench.tasks.kinds.calibration import CalibrationParams

@@ -44,12 +44,6 @@ def binned_sums(bins: np.ndarray, conf: np.ndarray, correct: np.ndarray, num_bin
     return count, conf_sum, acc_sum
 
 
-def ece_from(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
-    """Equal-width top-label ECE from confidences and correctness flags (already validated)."""
-    _, conf_sum, acc_sum = binned_sums(equal_width_bins(conf, num_bins), conf, correct, num_bins)
-    return float(np.abs(acc_sum - conf_sum).sum() / conf.shape[0])
-
-
 def _labelled(labels, probs, what: str, want=("conf", "correct"), source: str = "probs") -> ExampleStats:
     stats = stats_of(labels, probs, source=source, want=want, what=what)
     stats.require_labels(what)

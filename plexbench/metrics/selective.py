@@ -21,7 +21,7 @@ import numpy as np
 
 from plexbench.metrics import _checks as C
 from plexbench.metrics.direction import declares
-from plexbench.metrics.stats import ConfidenceOrder, SortedOrder, stats_of
+from plexbench.metrics.stats import ConfidenceOrder, stats_of
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -32,11 +32,6 @@ def num_referred(n: int, fraction: float) -> int:
     float64 and must give 29, not 28.
     """
     return int(math.floor(round(n * fraction, 9)))
-
-
-def oc_acc_from(conf: np.ndarray, correct: np.ndarray, fraction: float) -> float:
-    """Oracle-collaborative accuracy from confidences and correctness flags (validated), O(N log N)."""
-    return oc_acc_sorted(SortedOrder(conf, correct), fraction)
 
 
 def oc_acc_sorted(order: ConfidenceOrder, fraction: float) -> float:

@@ -273,11 +273,9 @@ def _check_lse(lse: np.ndarray, name: str, start: int) -> None:
                              f"logsumexp {lse[worst]:.6g} (tolerance {C.SUM_TOLERANCE:g})")
 
 
-def row_chunks(n_rows: int, n_values_per_row: int, chunk_elements: int | None = None):
-    """Slices covering range(n_rows) with about `chunk_elements` (default CHUNK_ELEMENTS) values each."""
-    step = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(1, n_values_per_row))
-    for start in range(0, n_rows, step):
-        yield slice(start, min(n_rows, start + step))
+def row_chunks(n_rows: int, n_values_per_row: int):
+    """Slices covering range(n_rows) with about CHUNK_ELEMENTS values each (the statistics pass)."""
+    return C.row_chunks(n_rows, n_values_per_row, CHUNK_ELEMENTS)
 
 
 def all_finite(x: np.ndarray) -> bool:
