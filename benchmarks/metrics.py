@@ -225,18 +225,40 @@ def real_robustness_metrics():
 
 
 # ----------------------------------------------------------------------------- timing helpers
-def interleaved(functions: dict, rounds: int) -> dict[str, float]:
-    """Median wall time of each function over `rounds` rounds, the functions interleaved in each
+class Timing(float):
+    """A median wall time in seconds (the float) with the median CPU time of the process beside it
+    (`cpu`): on a shared machine the CPU time is what an idle machine's wall time would be."""
+
+    cpu: float
+
+    def __new__(cls, wall: float, cpu: float):
+        out = super().__new__(cls, wall)
+        out.cpu = cpu
+        return out
+
+    def __str__(self) -> str:
+        return f"{float(self):.4f} ({self.cpu:.4f})"
+
+
+def interleaved(functions: dict, rounds: int) -> dict:
+    """Timing of each function over `rounds` rounds, the functions interleaved in each round
     (after one untimed warm-up call each: imports, first-touch allocations)."""
     for fn in functions.values():
         fn()
-    times = {name: [] for name in functions}
+    wall = {name: [] for name in functions}
+    cpu = {name: [] for name in functions}
     for _ in range(rounds):
         for name, fn in functions.items():
-            start = time.perf_counter()
+            w, c = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in times.items()}
+            wall[name].append(time.perf_counter() - w)
+            cpu[name].append(time.process_time() - c)
+    return {name: Timing(statistics.median(wall[name]), statistics.median(cpu[name])) for name in functions}
+
+
+def ratio(a: Timing, b: Timing) -> str:
+    """a / b in wall time, and in CPU time in parentheses."""
+    return f"{a / b:.2f}x ({a.cpu / b.cpu:.2f}x CPU)"
 
 
 def plexbench_score(y, p) -> dict[str, float]:
@@ -308,7 +330,7 @@ def main() -> int:
     y, p = synthetic(args.n, args.k)
     lp = np.log(p)
     print(f"metrics on N={args.n:,} x K={args.k:,} float32 probabilities; {cores} cores, load average "
-          f"{os.getloadavg()[0]:.1f}; wall-clock medians of {args.rounds} interleaved rounds")
+          f"{os.getloadavg()[0]:.1f}; medians of {args.rounds} interleaved rounds, wall seconds (CPU seconds)")
 
     # 1. per metric
     names = ["accuracy", "nll", "ece", "brier", "calib_auc", "oc_acc@1%", "aurc", "eaurc"]
@@ -324,10 +346,10 @@ def main() -> int:
     t = interleaved(functions, args.rounds)
     print("\n1. per metric, seconds (plexbench: public function on the raw float32 arrays, validation included;"
           " nll from float32 log-probs)")
-    print(f"   {'metric':12s} {'plexbench':>10s} {'numpy':>10s} {'robustness_metrics*':>20s}")
+    print(f"   {'metric':12s} {'plexbench':>18s} {'numpy':>18s} {'robustness_metrics*':>20s}")
     for name in names:
-        rm = f"{t[('rm', name)]:.4f}" if ("rm", name) in t else "(not defined)"
-        print(f"   {name:12s} {t[('plexbench', name)]:10.4f} {t[('numpy', name)]:10.4f} {rm:>20s}")
+        rm = str(t[("rm", name)]) if ("rm", name) in t else "(not defined)"
+        print(f"   {name:12s} {str(t[('plexbench', name)]):>18s} {str(t[('numpy', name)]):>18s} {rm:>20s}")
     real = real_robustness_metrics()
     print("   * robustness_metrics " + ("imports here, but only the reimplementation is timed" if real else
           "is not installable here (TensorFlow): its definitions reimplemented in numpy float32 (RMReimplementation)"))
@@ -339,35 +361,33 @@ def main() -> int:
     diff_fused = max(abs(got[key] - fused[key]) for key in fused)
     diff_rm = {key: abs(got[key] - rm[key]) for key in rm}
     print("\n2. the score set (plexbench: validate + per-example statistics + the 11 numbers through the task kinds)")
-    print(f"   plexbench score set             : {t['plexbench']:.4f} s")
-    print(f"   hand-fused numpy, same 11 numbers: {t['fused']:.4f} s   plexbench / numpy = "
-          f"{t['plexbench'] / t['fused']:.2f}x (target <= 1.5x); max |difference| {diff_fused:.1e}")
-    print(f"   robustness_metrics*, its 9 numbers: {t['rm']:.4f} s   robustness_metrics / plexbench = "
-          f"{t['rm'] / t['plexbench']:.1f}x (target >= 10x); largest difference "
+    print(f"   plexbench score set              : {t['plexbench']} s")
+    print(f"   hand-fused numpy, same 11 numbers: {t['fused']} s   plexbench / numpy = "
+          f"{ratio(t['plexbench'], t['fused'])} (target <= 1.5x); max |difference| {diff_fused:.1e}")
+    print(f"   robustness_metrics*, its 9 numbers: {t['rm']} s   robustness_metrics / plexbench = "
+          f"{ratio(t['rm'], t['plexbench'])} (target >= 10x); largest difference "
           f"{max(diff_rm, key=diff_rm.get)} {max(diff_rm.values()):.1e} (binned oc_acc and 200-threshold AUC)")
 
     # 3. bootstrap
     preds = prediction_stats({"labels": y, "probs": p})
-    one = interleaved({"one": lambda: score(prediction_stats({"labels": y, "probs": p}))}, args.rounds)["one"]
-    start = time.perf_counter()
-    score(preds, bootstrap=args.resamples, seed=0)
-    with_ci = time.perf_counter() - start
-    start = time.perf_counter()
-    score(preds)
-    without = time.perf_counter() - start
-    per = (with_ci - without) / args.resamples
     naive_fns = [M.accuracy, M.ece, M.brier, M.calib_auc, M.aurc, M.eaurc] + [
         functools.partial(M.oracle_collaborative_accuracy, fraction=f) for f in FRACTIONS.values()]
-    start = time.perf_counter()
-    for fn in naive_fns:
-        M.bootstrap_ci(fn, y, p, num_samples=2, seed=0)
-    M.bootstrap_ci(M.nll, y, lp, num_samples=2, seed=0)
-    naive = (time.perf_counter() - start) / 2
+
+    def naive_two():
+        for fn in naive_fns:
+            M.bootstrap_ci(fn, y, p, num_samples=2, seed=0)
+        M.bootstrap_ci(M.nll, y, lp, num_samples=2, seed=0)
+
+    t = interleaved({"one": lambda: score(prediction_stats({"labels": y, "probs": p})),
+                     "without": lambda: score(preds),
+                     "with": lambda: score(preds, bootstrap=args.resamples, seed=0)}, max(1, args.rounds - 2))
+    naive = interleaved({"naive": naive_two}, 1)["naive"]
+    boot = Timing(t["with"] - t["without"], t["with"].cpu - t["without"].cpu)
+    per = Timing(boot / args.resamples, boot.cpu / args.resamples)
     print(f"\n3. bootstrap of the score set ({args.resamples} resamples, O(N) each on per-example statistics)")
-    print(f"   per resample: {per * 1e3:.2f} ms (naive O(N K) resample of the same 11 numbers: {naive * 1e3:.0f} ms, "
-          f"{naive / per:.0f}x slower)")
-    print(f"   {args.resamples} resamples / one evaluation ({one:.3f} s) = {(with_ci - without) / one:.1f}x "
-          f"(target < 20x)")
+    print(f"   per resample: {per * 1e3:.2f} ms ({per.cpu * 1e3:.2f} ms CPU); the naive O(N K) resample of the same "
+          f"11 numbers: {naive / 2 * 1e3:.0f} ms ({naive.cpu / 2 * 1e3:.0f} ms CPU)")
+    print(f"   {args.resamples} resamples / one evaluation ({t['one']} s) = {ratio(boot, t['one'])} (target < 20x)")
 
     # 4. memory
     ks = [int(x) for x in args.memory_k.split(",") if x]

@@ -1,13 +1,15 @@
 """Recompute the embedded run into a temporary directory and compare it with the committed one.
 
 Run: .venv/bin/python benchmarks/reproduce_embedded.py [--out DIR] [--data-dir DIR] [--store DIR]
-     [--reference results/embedded/metrics_long.csv] [--repo PATH]
+     [--reference results/embedded/metrics_long.csv] [--repo PATH] [--existing DIR]
 
 Runs `plexbench run --suite embedded` over the four zoo models with the plexbench of `--repo`
 (default: this checkout) in a subprocess, then compares every (model, task, dataset, split, metric)
 row of the new metrics_long.csv with the reference: value, ci_low and ci_high each counted as
 bitwise equal, within 1e-12 relative, or different (listed with both numbers). Rows present on one
-side only are listed too. Exit status 0 when nothing differs.
+side only are listed too. Exit status 0 when nothing differs. `--existing DIR` compares the
+metrics_long.csv of an earlier run instead of running (e.g. two runs over one warm store: the old and
+the new code on the same predictions).
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def main() -> int:
     parser.add_argument("--store", help="prediction store (a warm store skips inference)")
     parser.add_argument("--reference", type=Path, default=ROOT / "results" / "embedded" / "metrics_long.csv")
     parser.add_argument("--repo", type=Path, default=ROOT, help="checkout whose plexbench runs")
+    parser.add_argument("--existing", type=Path, help="compare this results directory, run nothing")
     args = parser.parse_args()
+    if args.existing:
+        return report(args.existing / "metrics_long.csv", args.reference)
     out = args.out or Path(tempfile.mkdtemp(prefix="embedded-"))
     cmd = [sys.executable, "-m", "plexbench", "run", "--suite", "embedded", "--models", MODELS, "--out", str(out),
            "--tasks-dir", str(args.repo / "tasks")]
@@ -75,12 +80,15 @@ def main() -> int:
     if done.returncode != 0:
         print(f"plexbench run failed with exit status {done.returncode}", file=sys.stderr)
         return done.returncode
-    counts, lines = compare(read(out / "metrics_long.csv"), read(args.reference))
+    return report(out / "metrics_long.csv", args.reference)
+
+
+def report(new: Path, reference: Path) -> int:
+    counts, lines = compare(read(new), read(reference))
     for line in lines:
         print(line)
     total = sum(counts.values())
-    print(f"{out / 'metrics_long.csv'} vs {args.reference}: {total} numbers: "
-          + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(f"{new} vs {reference}: {total} numbers: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     return 0 if counts["different"] == 0 and not any(line.startswith("only") for line in lines) else 1
 
 
