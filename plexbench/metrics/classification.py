@@ -32,8 +32,11 @@ from plexbench.metrics.stats import NLL_CLIP, ConfidenceOrder, ExampleStats, sta
 
 # ----------------------------------------------------------------------------- building blocks
 def equal_width_bins(conf: np.ndarray, num_bins: int) -> np.ndarray:
-    """floor(num_bins * conf) clipped to [0, num_bins - 1], int64 (N,)."""
-    return np.clip(np.floor(num_bins * conf), 0, num_bins - 1).astype(np.int64)
+    """floor(num_bins * conf) clipped to [0, num_bins - 1], int64 (N,) (conf >= 0)."""
+    bins = np.floor(num_bins * conf)
+    np.minimum(bins, num_bins - 1, out=bins)
+    np.maximum(bins, 0, out=bins)
+    return bins.astype(np.int64)
 
 
 def binned_sums(bins: np.ndarray, conf: np.ndarray, correct: np.ndarray, num_bins: int):
@@ -113,9 +116,10 @@ def ece(labels, probs=None, *, num_bins: int = 15) -> float:
     0.35
     """
     stats, b = _bins_stats(labels, probs, num_bins, "ece")
-    bins = stats.derived(("bins", b), lambda s: equal_width_bins(s.conf, b))
-    conf_sum = np.bincount(bins, weights=stats.conf, minlength=b)
-    acc_sum = np.bincount(bins[stats.correct], minlength=b).astype(np.float64)  # = sums of 0/1 weights
+    conf = stats.conf
+    bins = equal_width_bins(conf, b)
+    conf_sum = np.bincount(bins, weights=conf, minlength=b)
+    acc_sum = np.bincount(bins, weights=stats.correct, minlength=b)
     return float(np.abs(acc_sum - conf_sum).sum() / stats.num_examples)
 
 
@@ -171,8 +175,7 @@ def rms_calibration_error(labels, probs=None, *, num_bins: int = 15) -> float:
     """
     stats, b = _bins_stats(labels, probs, num_bins, "rms_ce")
     conf, correct = stats.conf, stats.correct
-    bins = stats.derived(("bins", b), lambda s: equal_width_bins(s.conf, b))
-    count, conf_sum, acc_sum = binned_sums(bins, conf, correct, b)
+    count, conf_sum, acc_sum = binned_sums(equal_width_bins(conf, b), conf, correct, b)
     full = count > 0
     gap2 = (acc_sum[full] - conf_sum[full]) ** 2 / count[full]
     return float(np.sqrt(gap2.sum() / conf.shape[0]))

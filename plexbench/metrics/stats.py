@@ -378,12 +378,28 @@ class ExampleStats:
         if self._parent is None and self.source is None and self._released(name):
             raise PlexbenchError(f"statistic '{name}' was released")
         if self._parent is not None:
-            base = self._parent._get(name)
-            value = None if base is None else base[self._index]
+            value = self._from_parent(name)
         else:
             value = self._compute(name)
         self._arrays[name] = value
         return value
+
+    def _from_parent(self, name: str) -> np.ndarray | None:
+        """A statistic of a view: the parent's at the view's rows. `conf` and `correct` of a
+        labelled set come from one read of the parent's confidences signed by correctness (random
+        reads of the parent's rows are what a resample costs; conf > 0 always, so the sign is free)."""
+        if name in ("conf", "correct") and self._parent.has_labels:
+            signed = self._arrays.get("_signed")
+            if signed is None:
+                signed = self._arrays["_signed"] = self._parent._signed_conf[self._index]
+            return np.abs(signed) if name == "conf" else signed > 0
+        base = self._parent._get(name)
+        return None if base is None else base[self._index]
+
+    @cached_property
+    def _signed_conf(self) -> np.ndarray:
+        """conf where correct, -conf where wrong (full set, labelled; kept while it is resampled)."""
+        return np.where(self.correct, self.conf, -self.conf)
 
     def _released(self, name: str) -> bool:
         stat = "nll" if name == "log_p_true" else name
@@ -446,17 +462,6 @@ class ExampleStats:
                 self._soft_nll.clear()
             else:
                 self._arrays.pop(name, None)
-
-    def derived(self, key, compute) -> np.ndarray:
-        """A per-example array `compute(stats)` (e.g. ECE bin indices); `compute` must work row by
-        row. A full set computes it each time (nothing kept); its resamples and subsets read the
-        full set's array at their rows, computed once and kept on the full set."""
-        if self._parent is None:
-            return compute(self)
-        cache = self._parent.__dict__.setdefault("_derived", {})
-        if key not in cache:
-            cache[key] = compute(self._parent)
-        return cache[key][self._index]
 
     def nll_terms(self, clip: float | None = NLL_CLIP) -> np.ndarray:
         """Per-example NLL (N,) float64: -log max(p_y, clip) for hard labels (clip=None: exact,
