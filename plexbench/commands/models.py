@@ -79,8 +79,9 @@ def run_info(args) -> int:
         if k != "total" and v:
             print(f"  {k}: {v:,}")
     ck = info["checkpoint"]
-    print(f"checkpoint: {ck['path']} (sha256 {ck['sha256'][:16]}...): keys and shapes match the config"
-          if ck else "checkpoint: none given (pass --checkpoint PATH to validate one)")
+    print(f"checkpoint: {ck['path']} (sha256 {ck['sha256'][:16]}...): keys and shapes match the config, every value is finite"
+          if ck else "checkpoint: none given (pass --checkpoint PATH to validate one; the released Plex "
+                     "checkpoints are in gs://plex-paper/, see docs/checkpoints.md)")
     return 0
 
 
@@ -94,7 +95,9 @@ def run_zoo_train(args) -> int:
         raise PlexbenchError(f"--max-steps must be >= 1, got {args.max_steps}")
     from plexbench import paths
 
-    out = args.out or paths.cache_root() / "zoo_weights"
+    from plexbench import fileio
+
+    out = fileio.check_output_dir(args.out or paths.cache_root() / "zoo_weights", "--out")
     card = train_zoo_model(args.name, args.data_dir, out, max_steps=args.max_steps)
     t, test = card["training"], card["test"]
     print(summary_line(f"trained {card['name']}", t["steps"], t["wall_time_s"], unit="steps"))

@@ -194,7 +194,7 @@ def _key(metric: str) -> str:
 
 
 def _table(values: dict[str, float]) -> str:
-    from plexbench.metrics.direction import direction
+    from plexbench.metrics.vocabulary import direction
     from plexbench.table import format_table
 
     rows = []

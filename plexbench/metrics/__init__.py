@@ -6,7 +6,8 @@ options are keyword-only. Instead of the arrays they also take the checked conta
 OOD metrics: `DetectionScores`), on which they are O(N). Importing this package imports numpy
 only (no TensorFlow, no JAX). Submodules: stats (the container), classification, selective,
 ensemble, ood, label_uncertainty, subpopulation, bootstrap (one resampling policy),
-predictions (file format v1), direction (which way is better).
+predictions (file format v1), vocabulary (every metric's declared facts: direction, category,
+range, normalisations).
 """
 
 from plexbench.metrics._checks import UndefinedMetricWarning
@@ -22,7 +23,7 @@ from plexbench.metrics.classification import (
     reliability_diagram,
     rms_calibration_error,
 )
-from plexbench.metrics.direction import direction
+from plexbench.metrics.vocabulary import direction, metric_info
 from plexbench.metrics.ensemble import disagreement, ensemble_log_probs, mean_pairwise_kl
 from plexbench.metrics.label_uncertainty import ged, soft_cross_entropy
 from plexbench.metrics.ood import (
@@ -68,6 +69,7 @@ __all__ = [
     "calib_auc",
     "classwise_ece",
     "direction",
+    "metric_info",
     "disagreement",
     "eaurc",
     "ece",

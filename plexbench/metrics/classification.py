@@ -22,11 +22,13 @@ Shared rules:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from plexbench.metrics import _checks as C
 from plexbench.metrics import _ranking
-from plexbench.metrics.direction import declares
+from plexbench.metrics.vocabulary import declares
 from plexbench.metrics.stats import NLL_CLIP, ConfidenceOrder, ExampleStats, stats_of
 
 
@@ -54,7 +56,8 @@ def _labelled(labels, probs, what: str, want=("conf", "correct"), source: str = 
 
 
 # ----------------------------------------------------------------------------- public metrics
-@declares("accuracy", direction="higher")
+@declares("accuracy", direction="higher", category="prediction", paper="identity",
+          description="fraction of examples whose top-1 class is the label")
 def accuracy(labels, probs=None) -> float:
     """Top-1 accuracy: mean(argmax_k p[i, k] == labels[i]); class ties -> lowest index.
 
@@ -67,7 +70,8 @@ def accuracy(labels, probs=None) -> float:
     return int(np.count_nonzero(stats.correct)) / stats.num_examples
 
 
-@declares("nll", direction="lower")
+@declares("nll", direction="lower", category="prediction", value_range=(0.0, math.inf), paper="nll",
+          plexbench="nll", description="mean negative log-likelihood of the label (nats)")
 def nll(labels, log_probs=None, *, clip: float | None = NLL_CLIP) -> float:
     """Mean negative log-likelihood, from log-probabilities, with Plex's clip (spec §5).
 
@@ -85,7 +89,9 @@ def nll(labels, log_probs=None, *, clip: float | None = NLL_CLIP) -> float:
     return float(np.mean(stats.nll_terms(clip)))
 
 
-@declares("brier", direction="lower")
+@declares("brier", direction="lower", category="prediction", value_range=(0.0, 2.0), paper="identity",
+          plexbench="half", paper_note="paper quirk: lower-is-better but left unflipped, as in the paper's code",
+          description="mean squared distance between the probabilities and the one-hot label")
 def brier(labels, probs=None) -> float:
     """Mean over examples of sum_k (p_k - y_k)^2, y one-hot (int labels) or soft (N, K).
 
@@ -105,7 +111,8 @@ def _bins_stats(labels, probs, num_bins, what):
     return stats, C.check_num_bins(num_bins)
 
 
-@declares("ece", direction="lower")
+@declares("ece", direction="lower", category="uncertainty", paper="one_minus", plexbench="one_minus",
+          description="expected calibration error, equal-width bins of the top-label confidence")
 def ece(labels, probs=None, *, num_bins: int = 15) -> float:
     """Expected calibration error, equal-width top-label bins (Plex: 15).
 
@@ -123,7 +130,8 @@ def ece(labels, probs=None, *, num_bins: int = 15) -> float:
     return float(np.abs(acc_sum - conf_sum).sum() / stats.num_examples)
 
 
-@declares("adaptive_ece", direction="lower")
+@declares("adaptive_ece", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="expected calibration error, equal-mass bins of the top-label confidence")
 def adaptive_ece(labels, probs=None, *, num_bins: int = 15) -> float:
     """ECE with equal-mass bins.
 
@@ -143,7 +151,8 @@ def adaptive_ece(labels, probs=None, *, num_bins: int = 15) -> float:
     return float(np.abs(acc_sum - conf_sum).sum() / n)
 
 
-@declares("classwise_ece", direction="lower")
+@declares("classwise_ece", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="calibration error of every class probability, averaged over classes")
 def classwise_ece(labels, probs=None, *, num_bins: int = 15) -> float:
     """Classwise (static) calibration error: mean over classes k of the equal-width ECE of p_k.
 
@@ -167,7 +176,8 @@ def classwise_ece(labels, probs=None, *, num_bins: int = 15) -> float:
     return float(np.abs(hit_sum - conf_sum).sum() / n / k)
 
 
-@declares("rms_ce", "rms_calibration_error", direction="lower")
+@declares("rms_ce", "rms_calibration_error", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="root-mean-square calibration error, equal-width bins")
 def rms_calibration_error(labels, probs=None, *, num_bins: int = 15) -> float:
     """Root-mean-square calibration error, equal-width top-label bins (same bins as `ece`).
 
@@ -212,7 +222,8 @@ def calib_auc_sorted(order: ConfidenceOrder) -> float:
     return value
 
 
-@declares("calib_auc", direction="higher")
+@declares("calib_auc", direction="higher", category="uncertainty", paper="identity",
+          description="ROC AUC of 1 - confidence against 'prediction incorrect'")
 def calib_auc(labels, probs=None) -> float:
     """ROC AUC of "prediction incorrect" (positive) scored by 1 - confidence (spec §5).
 

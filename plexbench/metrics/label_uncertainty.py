@@ -9,10 +9,12 @@ one `ExampleStats` built with soft labels instead of the two arrays.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from plexbench.errors import PlexbenchError
-from plexbench.metrics.direction import declares
+from plexbench.metrics.vocabulary import declares
 from plexbench.metrics.stats import NLL_CLIP, ExampleStats, Source
 
 
@@ -33,7 +35,8 @@ def _soft_stats(soft_labels, predictions, source: str, want: tuple[str, ...], wh
     return stats
 
 
-@declares("soft_ce", "soft_cross_entropy", direction="lower")
+@declares("soft_ce", "soft_cross_entropy", direction="lower", category="prediction", value_range=(0.0, math.inf),
+          paper="nll", plexbench="nll", description="cross-entropy against soft labels (the paper's loss on CIFAR-10H)")
 def soft_cross_entropy(soft_labels, log_probs=None, *, clip: float | None = NLL_CLIP) -> float:
     """mean_i -sum_k y_ik log max(p_ik, clip): cross-entropy against the soft label, from log-probs.
 
@@ -47,7 +50,8 @@ def soft_cross_entropy(soft_labels, log_probs=None, *, clip: float | None = NLL_
     return float(np.mean(stats.nll_terms(clip)))
 
 
-@declares("ged", direction="lower")
+@declares("ged", direction="lower", category="uncertainty", value_range=(0.0, 2.0), plexbench="half",
+          description="generalised energy distance between predicted and label distributions")
 def ged(soft_labels, probs=None) -> float:
     """Generalised energy distance between soft label y and prediction p, averaged over examples.
 

@@ -27,7 +27,7 @@ import numpy as np
 from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics import _ranking
-from plexbench.metrics.direction import declares
+from plexbench.metrics.vocabulary import declares
 from plexbench.metrics.stats import ExampleStats, Source, all_finite, row_chunks
 
 
@@ -293,7 +293,8 @@ def _from_detection(is_ood, score, metric: str):
     return None
 
 
-@declares("auroc", direction="higher")
+@declares("auroc", direction="higher", category="uncertainty", paper="identity",
+          description="ROC AUC with OOD as the positive class")
 def auroc(is_ood, score=None) -> float:
     """ROC AUC with OOD as positive: P(s_ood > s_in) + 1/2 P(s_ood = s_in).
 
@@ -307,7 +308,8 @@ def auroc(is_ood, score=None) -> float:
     return C.undefined("auroc", "needs both OOD and in-distribution examples") if np.isnan(value) else value
 
 
-@declares("auprc", direction="higher")
+@declares("auprc", direction="higher", category="uncertainty",
+          description="average precision with OOD as the positive class")
 def auprc(is_ood, score=None) -> float:
     """Average precision with OOD as positive (scikit-learn's definition, no interpolation)."""
     if isinstance(is_ood, DetectionScores):
@@ -316,7 +318,8 @@ def auprc(is_ood, score=None) -> float:
     return nan if points is None else _ranking.average_precision(points[0], points[1])
 
 
-@declares("fpr95", "fpr_at_95_tpr", direction="lower")
+@declares("fpr95", "fpr_at_95_tpr", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="false-positive rate at the first threshold with true-positive rate >= 0.95")
 def fpr_at_95_tpr(is_ood, score=None) -> float:
     """FPR at the first threshold (from high to low) where TPR >= 0.95; see the module doc."""
     if isinstance(is_ood, DetectionScores):

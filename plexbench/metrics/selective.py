@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from plexbench.metrics import _checks as C
-from plexbench.metrics.direction import declares
+from plexbench.metrics.vocabulary import declares
 from plexbench.metrics.stats import ConfidenceOrder, stats_of
 
 
@@ -90,7 +90,8 @@ def _order(labels, probs, what: str) -> ConfidenceOrder:
 
 
 # ----------------------------------------------------------------------------- public metrics
-@declares("oc_acc@*", direction="higher")
+@declares("oc_acc@*", direction="higher", category="uncertainty",
+          description="accuracy when the given fraction of least confident examples goes to an oracle")
 def oracle_collaborative_accuracy(labels, probs=None, *, fraction: float) -> float:
     """Accuracy when the least confident `fraction` of examples is handed to an oracle.
 
@@ -139,7 +140,8 @@ def eaurc_sorted(order: ConfidenceOrder) -> float:
     return aurc_sorted(order) - optimal_aurc(order.n, int(order.errors[order.n]))
 
 
-@declares("aurc", direction="lower")
+@declares("aurc", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="area under the risk-coverage curve")
 def aurc(labels, probs=None) -> float:
     """Area under the risk-coverage curve: mean over k = 1..N of the risk at coverage k/N.
 
@@ -151,7 +153,8 @@ def aurc(labels, probs=None) -> float:
     return aurc_sorted(_order(labels, probs, "aurc"))
 
 
-@declares("eaurc", direction="lower")
+@declares("eaurc", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="AURC minus the AURC of an oracle ranking")
 def eaurc(labels, probs=None) -> float:
     """Excess AURC: AURC - AURC of the ideal order (all correct examples first). >= 0."""
     return eaurc_sorted(_order(labels, probs, "eaurc"))

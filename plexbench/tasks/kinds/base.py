@@ -4,6 +4,21 @@ A kind declares its protocol parameters (`Params`, a frozen dataclass parsed fro
 `params:`), the metric names it can report (`metrics`), the predictions it needs (`needs`) and a
 thin `evaluate` that hands already-computed predictions to plexbench.metrics and returns rows.
 Kinds never run a model and never read files except through `EvalContext`.
+
+What reports need to know about a kind's rows is declared here, once, by the kind (reports never
+guess from metric names):
+
+- `category`: the reliability category of every row (spec §7.5: prediction / uncertainty /
+  adaptation; new names are allowed); None means each metric's declared category
+  (plexbench.metrics.vocabulary). `row_category` may refine it per task and metric;
+- `score_exclusion`: why a row is reported but not part of the reliability score (1-shot probes,
+  per-severity breakdowns of a shift average); a kind may also set `MetricRow.score_exclusion`;
+- `headline`: the kind's own metric names (fnmatch patterns) shown in report tables, in order;
+  `headline_columns` resolves them against a result's rows;
+- `figures`: the figure kinds (plexbench.reports.plots registry) drawn from its curves.
+
+The runner writes all of these into the results (plexbench.results_schema), so reports read
+them from files.
 """
 
 from __future__ import annotations
@@ -88,6 +103,7 @@ class MetricRow:
     ci_low: float = math.nan
     ci_high: float = math.nan
     num_classes: int | None = None  # K behind the row when it is not the model's (a few-shot probe's classes)
+    score_exclusion: str = ""  # non-empty: reported, but not part of a reliability score (and why)
 
 
 @dataclass
@@ -142,6 +158,40 @@ class TaskKind(abc.ABC):
     default_metrics: tuple[str, ...] | None = None  # reported when `metrics:` is left out (None: all)
     summary: str = ""
     reads_data: bool = False  # evaluate reads dataset arrays itself (soft labels, images), not only predictions
+    category: str | None = None  # reliability category of every row; None: each metric's declared one
+    headline: tuple[str, ...] = ()  # metric names / fnmatch patterns shown in report tables, in order
+    figures: tuple[str, ...] = ()  # figure kinds (plexbench.reports.plots) drawn from this kind's curves
+
+    def row_category(self, task: TaskSpec | None, metric: str) -> str:
+        """The reliability category of a row (`task` is None when converting format-1 results).
+
+        Default: the kind's `category`, else the metric's declared category; an undeclared metric
+        is an error (declare it in plexbench.metrics.vocabulary)."""
+        if self.category is not None:
+            return self.category
+        from plexbench.metrics.vocabulary import metric_info
+
+        return metric_info(metric).category
+
+    def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
+        """Why a row of this kind stays out of the reliability score ('' = it is scored). Default: ''."""
+        return ""
+
+    def headline_columns(self, task: TaskSpec | None, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The (metric, dataset) pairs a report table shows for one result, from its rows' `pairs`.
+
+        Default: for each `headline` pattern in order, the matching pairs on the task's own
+        datasets (not on members of a dataset family such as `x_corrupted/snow_3`); when nothing
+        matches, the first pairs. At most `plexbench.results_schema.MAX_HEADLINE`."""
+        import fnmatch
+
+        from plexbench.results_schema import MAX_HEADLINE
+
+        main = [p for p in dict.fromkeys(pairs) if "/" not in p[1]]
+        chosen: list[tuple[str, str]] = []
+        for pattern in self.headline:
+            chosen += [p for p in main if fnmatch.fnmatchcase(p[0], pattern) and p not in chosen]
+        return (chosen or main or list(dict.fromkeys(pairs)))[:MAX_HEADLINE]
 
     def validate(self, task: TaskSpec) -> None:
         """Checks across fields, raising spec.FieldError; the default has none."""
@@ -220,8 +270,8 @@ def split_stats(split: Split, *, labels: bool = True, soft_labels: np.ndarray | 
     return cache[labels]
 
 
-def measure(task: TaskSpec, ref: DatasetRef, functions: Mapping[str, Callable[[Any], float]], data, *,
-            dataset: str | None = None, n: int | None = None) -> list[MetricRow]:
+def measure(task: TaskSpec, ref: DatasetRef, functions, data, arrays: Sequence[np.ndarray] | None = None, *,
+            dataset: str | None = None, n: int | None = None):
     """One row per (metric name, fn): value fn(data), and with `task.bootstrap` > 0 a 95% percentile
     interval from `task.bootstrap` resamples of `data` drawn with seed `task.seed`
     (plexbench.metrics.bootstrap_intervals: every metric of the call sees the same resamples; a
@@ -229,9 +279,19 @@ def measure(task: TaskSpec, ref: DatasetRef, functions: Mapping[str, Callable[[A
     rows separately). Inside `shared_bootstrap()` the intervals are computed later, once for all the
     calls on the same data (see there).
 
-    `data`: an ExampleStats (the split's per-example statistics) or a DetectionSet (OOD scores); `n`:
-    the row count reported (default: the data's rows, in- plus out-of-distribution for OOD data).
+    `functions`: {metric name: fn}; `data`: an ExampleStats (the split's per-example statistics,
+    `split_stats`) or a DetectionSet (OOD scores); `n`: the row count reported (default: the data's
+    rows, in- plus out-of-distribution for OOD data). Returns the rows, in `functions` order.
+
+    One metric on raw arrays: `measure(task, ref, "name", fn, arrays)` -> one row of fn(*arrays),
+    the rows of all arrays resampled together (the same draws as above; O(size of the arrays) per
+    resample), for a kind's own metric that the per-example statistics do not cover.
     """
+    if isinstance(functions, str):
+        fn = data
+        rows = measure(task, ref, {functions: lambda rows: fn(*rows.arrays)}, ArrayRows(arrays), dataset=dataset,
+                       n=n)
+        return rows[0]
     values = {name: float(fn(data)) for name, fn in functions.items()}
     rows_n = n if n is not None else sum(k for k, _ in data.strata)
     rows = [MetricRow(dataset or ref.label, ref.split, name, value, int(rows_n)) for name, value in values.items()]
@@ -246,6 +306,25 @@ def measure(task: TaskSpec, ref: DatasetRef, functions: Mapping[str, Callable[[A
             rows = [dataclasses.replace(row, ci_low=float(intervals[row.metric][0]),
                                         ci_high=float(intervals[row.metric][1])) for row in rows]
     return rows
+
+
+class ArrayRows:
+    """Arrays with the same first axis (N rows), resampled together: the data of a metric that
+    `measure` computes on raw arrays."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]):
+        self.arrays = tuple(np.asarray(a) for a in arrays)
+        n = self.arrays[0].shape[0] if self.arrays and self.arrays[0].ndim else 0
+        if n == 0 or any(a.ndim == 0 or a.shape[0] != n for a in self.arrays):
+            from plexbench.errors import PlexbenchError
+
+            raise PlexbenchError("measure: arrays must be non-empty with the same number of rows, got "
+                                 + ", ".join(str(a.shape) for a in self.arrays))
+        self.strata = ((n, 0),)
+
+    def resample(self, draws) -> "ArrayRows":
+        idx = draws[0] if isinstance(draws, tuple) else draws
+        return ArrayRows([a[idx] for a in self.arrays])
 
 
 class BootstrapSession:

@@ -45,6 +45,7 @@ class LabelUncertainty(TaskKind):
     reads_data = True
     metrics = ("nll", "accuracy", "ece", "ged")
     summary = "soft-label NLL, accuracy/ECE against the argmax soft label, GED"
+    headline = ("nll", "ged", "accuracy", "ece")
 
     def evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
         from plexbench import metrics as M
