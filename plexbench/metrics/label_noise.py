@@ -52,8 +52,12 @@ import numpy as np
 from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics import _ranking
-from plexbench.metrics.classification import probability_of_label
 from plexbench.metrics.vocabulary import declare_metric, declares
+
+
+def probability_of_label(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """p[i, labels[i]] as float64 (N,)."""
+    return np.take_along_axis(probs, labels[:, None], axis=1)[:, 0].astype(np.float64, copy=False)
 
 CONFIDENCE_SLACK = 1e-6  # p >= t - slack is confident; also the bonus the given label gets in step 5
 THRESHOLD_FLOOR = 2e-6

@@ -13,7 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
-from plexbench.tasks.kinds.base import EvalContext, Need, Split, TaskKind, TaskResult, measure, selected, summary_row
+from plexbench.tasks.kinds.base import (EvalContext, Need, Split, TaskKind, TaskResult, measure, selected,
+                                        split_stats, summary_row)
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, DatasetRef, FieldError, SplitRole, TaskSpec, check
 
@@ -118,24 +119,20 @@ class CovariateShift(TaskKind):
 
         p = task.params
         wanted = [m for m in selected(task, self) if m != "mce"]
-        fns = {"accuracy": (M.accuracy, "probs"), "ece": (functools.partial(M.ece, num_bins=p.num_bins), "probs"),
-               "nll": (M.nll, "log_probs"), "brier": (M.brier, "probs")}
+        fns = {"accuracy": M.accuracy, "ece": functools.partial(M.ece, num_bins=p.num_bins), "nll": M.nll,
+               "brier": M.brier}
         with_mce = p.reference_errors is not None and "mce" in selected(task, self)
-        computed = wanted + (["accuracy"] if with_mce and "accuracy" not in wanted else [])
         rows, grid, sizes = [], {}, {}
         for c, s, ref in self.cells(task):
             split = inputs[f"shift:{ref.name}"]
             sizes[(c, s)] = split.n
             cell = grid.setdefault(c, {}).setdefault(s, {})
-            for m in computed:
-                fn, which = fns[m]
-                arrays = (split.labels, getattr(split, which))
-                if m in wanted:
-                    row = measure(task, ref, m, fn, arrays)
-                    rows.append(row)
-                    cell[m] = row.value
-                else:
-                    cell[m] = float(fn(*arrays))
+            stats = split_stats(split)
+            for row in measure(task, ref, {m: fns[m] for m in wanted}, stats):
+                rows.append(row)
+                cell[row.metric] = row.value
+            if with_mce and "accuracy" not in wanted:
+                cell["accuracy"] = float(M.accuracy(stats))
         rows += _averages(task.params, wanted, grid, sizes)
         curves = {"shift": {c: {str(s): v for s, v in by_s.items()} for c, by_s in grid.items()}}
         info = {}
