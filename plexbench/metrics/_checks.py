@@ -180,6 +180,14 @@ def check_same_rows(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> N
         raise PlexbenchError(f"{name_a} has {a.shape[0]} examples but {name_b} has {b.shape[0]}")
 
 
+def check_labels_probs(labels, probs, probs_name: str = "probs") -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 (N,), probs (N, K)) validated together (the label-noise scores read both)."""
+    p = check_probs(probs, probs_name)
+    y = check_labels(labels, p.shape[1])
+    check_same_rows(y, p, "labels", probs_name)
+    return y, p
+
+
 def check_fraction(fraction) -> float:
     f = float(fraction)
     if not 0.0 <= f <= 1.0:

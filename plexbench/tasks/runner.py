@@ -369,7 +369,7 @@ def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report
                                "reason": f"cannot run at --limit {options.limit}: {e}"})
         return
     seconds = time.perf_counter() - started
-    RS.write_task_result(path, _task_doc(task, kind, model, result, k, inputs_sha, options, seconds))
+    RS.write_task_result(path, _task_doc(task, kind, model, result, k, inputs_sha, options, seconds), result.rows)
     state.unlink(missing_ok=True)
     report.computed.append((task.name, model.name))
     timings.append({"task": task.name, "model": model.name, "seconds": round(seconds, 3), "reused": False})

@@ -118,6 +118,9 @@ class MetricRow:
     ci_high: float = math.nan
     num_classes: int | None = None  # K behind the row when it is not the model's (a few-shot probe's classes)
     score_exclusion: str = ""  # non-empty: reported, but not part of a reliability score (and why)
+    # the metric on each bootstrap resample, float64 (B,), when the row has an interval: the runner
+    # keeps them (results_schema) so the reliability score's interval can be computed from them
+    replicates: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -329,12 +332,18 @@ def measure(task: TaskSpec, ref: DatasetRef, functions, data, arrays: Sequence[n
         if session is not None:
             session.defer(rows, functions, data, task.bootstrap, task.seed)
         else:
-            from plexbench.metrics import bootstrap_intervals
+            from plexbench.metrics.bootstrap import bootstrap_distributions, percentile_interval
 
-            intervals = bootstrap_intervals(functions, data, num_samples=task.bootstrap, seed=task.seed)
-            rows = [dataclasses.replace(row, ci_low=float(intervals[row.metric][0]),
-                                        ci_high=float(intervals[row.metric][1])) for row in rows]
+            draws = bootstrap_distributions(functions, data, num_samples=task.bootstrap, seed=task.seed)
+            rows = [with_replicates(row, draws[row.metric], percentile_interval(draws[row.metric], what=row.metric))
+                    for row in rows]
     return rows
+
+
+def with_replicates(row: MetricRow, replicates: np.ndarray, interval: tuple[float, float]) -> MetricRow:
+    """`row` with its bootstrap interval and the per-resample values it came from."""
+    return dataclasses.replace(row, ci_low=float(interval[0]), ci_high=float(interval[1]),
+                               replicates=np.asarray(replicates, dtype=np.float64))
 
 
 class ArrayRows:
@@ -405,9 +414,16 @@ def shared_bootstrap():
 
 
 def summary_row(ref_label: str, split: str, metric: str, value: float, n: int,
-                num_classes: int | None = None) -> MetricRow:
-    """A row without interval (averages over datasets, group summaries)."""
-    return MetricRow(ref_label, split, metric, float(value), int(n), num_classes=num_classes)
+                num_classes: int | None = None, replicates: np.ndarray | None = None) -> MetricRow:
+    """A row computed from other rows (averages over datasets, group summaries). With `replicates`
+    (the summary computed on each bootstrap resample of its parts) it gets their percentile
+    interval; without, no interval."""
+    row = MetricRow(ref_label, split, metric, float(value), int(n), num_classes=num_classes)
+    if replicates is None:
+        return row
+    from plexbench.metrics.bootstrap import percentile_interval
+
+    return with_replicates(row, replicates, percentile_interval(replicates, what=metric))
 
 
 def jsonable(obj: Any) -> Any:
