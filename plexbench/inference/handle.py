@@ -192,7 +192,10 @@ def handle_from_config(config, params: Any = None, *, name: str = "vit", preproc
                     from plexbench.models import build
 
                     modules.append(build(config, dtype=dtype))
-                return modules[0].apply({"params": params}, images, rng=rng)
+                from plexbench.models.sngp import split_state
+
+                # An SNGP head keeps its state beside the parameters (a `head_state` subtree).
+                return modules[0].apply(split_state(params), images, rng=rng)
 
             apply_fns[dtype] = apply_fn
         return apply_fns[dtype]

@@ -2,7 +2,9 @@
 
 Only matrix products are counted (patch projection, attention projections, q.k scores,
 attention-weighted values, MLPs, representation layer, head, and the heteroscedastic head's
-factor-noise products V @ eps_R over the S MC samples); elementwise work (LayerNorm, GELU,
+factor-noise products V @ eps_R over the S MC samples, the SNGP head's random features, output
+layer and the two triangular solves of its variance, 2 R^2 multiply-adds per row; the Cholesky
+factorisation is once per batch, not per example, and not counted); elementwise work (LayerNorm, GELU,
 softmax, BatchEnsemble fast-weight scalings, noise generation) is not. Costs are per input
 example and include every ensemble member: the blocks from the first BatchEnsemble block on,
 and everything after the encoder, run on E rows per example.
@@ -38,6 +40,9 @@ def _head_flops(c: ModelConfig) -> dict[str, int]:
     e, f, k, r = c.ensemble_size, c.feature_size, c.num_classes, c.num_factors
     if c.head in ("dense", "batchensemble"):
         return {"head": 2 * e * f * k, "mc_sampling": 0}
+    if c.head == "sngp":
+        r = c.gp_hidden_features
+        return {"head": 2 * e * f * r + 2 * e * r * k, "gp_variance": 2 * 2 * e * r * r}
     layers = 2  # loc and diag
     if c.parameter_efficient:
         layers += 1  # scale_layer_heteroscedastic (F -> K)
