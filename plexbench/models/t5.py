@@ -374,6 +374,9 @@ class T5Classifier(nn.Module):
                  update_covariance: bool = False, weights=None):
         c = self.config
         _check_tokens(tokens)
+        if not c.label_tokens and not self.is_initializing():
+            raise PlexbenchError("this T5 config has no label tokens (the readout of its task is not known to "
+                                 "plexbench), so it cannot classify")
         batch = tokens.shape[0]
         encoded, valid = self.encode(tokens)
         if decoder_input_tokens is None:
