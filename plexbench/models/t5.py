@@ -211,35 +211,43 @@ class GatedMlp(nn.Module):
         return layer(d, self.mlp_dim ** -0.5, name="wo")(h)
 
 
+def dropout(x, rate: float):
+    """Training-time dropout (rng stream 'dropout'); the identity when rate is 0 (inference)."""
+    return nn.Dropout(rate)(x, deterministic=rate == 0.0)
+
+
 class EncoderLayer(nn.Module):
     config: T5Config
     dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, bias):
         c = self.config
         y = RMSNorm(self.dtype, name="pre_attention_layer_norm")(x)
-        x = x + Attention(c.num_heads, c.head_dim, self.dtype, name="attention")(y, y, bias)
+        x = x + dropout(Attention(c.num_heads, c.head_dim, self.dtype, name="attention")(y, y, bias), self.dropout_rate)
         y = RMSNorm(self.dtype, name="pre_mlp_layer_norm")(x)
-        return x + GatedMlp(c.mlp_dim, 0, self.dtype, name="mlp")(y)
+        return x + dropout(GatedMlp(c.mlp_dim, 0, self.dtype, name="mlp")(y), self.dropout_rate)
 
 
 class DecoderLayer(nn.Module):
     config: T5Config
     ens_size: int = 0  # > 0: tile the rows and use a BatchEnsemble MLP (the last layer of T5-Plex)
     dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, y, encoded, self_bias, cross_bias):
-        c = self.config
+        c, rate = self.config, self.dropout_rate
         z = RMSNorm(self.dtype, name="pre_self_attention_layer_norm")(y)
-        y = y + Attention(c.num_heads, c.head_dim, self.dtype, name="self_attention")(z, z, self_bias)
+        y = y + dropout(Attention(c.num_heads, c.head_dim, self.dtype, name="self_attention")(z, z, self_bias), rate)
         z = RMSNorm(self.dtype, name="pre_cross_attention_layer_norm")(y)
-        y = y + Attention(c.num_heads, c.head_dim, self.dtype, name="encoder_decoder_attention")(z, encoded, cross_bias)
+        y = y + dropout(Attention(c.num_heads, c.head_dim, self.dtype, name="encoder_decoder_attention")(
+            z, encoded, cross_bias), rate)
         if self.ens_size:
             y = jnp.tile(y, (self.ens_size, 1, 1))  # member-major: rows m*B..(m+1)*B-1 are member m
         z = RMSNorm(self.dtype, name="pre_mlp_layer_norm")(y)
-        return y + GatedMlp(c.mlp_dim, self.ens_size, self.dtype, name="mlp")(z)
+        return y + dropout(GatedMlp(c.mlp_dim, self.ens_size, self.dtype, name="mlp")(z), rate)
 
 
 def mask_bias(query_valid, key_valid):
@@ -251,6 +259,7 @@ def mask_bias(query_valid, key_valid):
 class Encoder(nn.Module):
     config: T5Config
     dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, valid):
@@ -259,9 +268,10 @@ class Encoder(nn.Module):
         bias = mask_bias(valid, valid) + RelativePositionBias(
             c.num_heads, c.relative_attention_num_buckets, c.relative_attention_max_distance, True,
             name="relpos_bias")(length, length)
+        x = dropout(x, self.dropout_rate)
         for i in range(c.num_encoder_layers):
-            x = EncoderLayer(c, self.dtype, name=f"layers_{i}")(x, bias)
-        return RMSNorm(self.dtype, name="encoder_norm")(x)
+            x = EncoderLayer(c, self.dtype, self.dropout_rate, name=f"layers_{i}")(x, bias)
+        return dropout(RMSNorm(self.dtype, name="encoder_norm")(x), self.dropout_rate)
 
 
 class Decoder(nn.Module):
@@ -269,11 +279,13 @@ class Decoder(nn.Module):
 
     config: T5Config
     dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, y, encoded, encoder_valid, *, columns, vocab_logits: bool = False,
                  update_covariance: bool = False, weights=None):
         c = self.config
+        y = dropout(y, self.dropout_rate)
         rows, t = y.shape[0], y.shape[1]
         causal = jnp.tril(jnp.ones((t, t), bool))
         self_bias = jnp.where(causal, 0.0, NEG_BIAS)[None, None] + RelativePositionBias(
@@ -283,8 +295,8 @@ class Decoder(nn.Module):
         last = c.num_decoder_layers - 1
         for i in range(c.num_decoder_layers):
             ens = c.ensemble_size if (i == last and c.ensemble_size > 1) else 0
-            y = DecoderLayer(c, ens, self.dtype, name=f"layers_{i}")(y, encoded, self_bias, cross_bias)
-        hidden = RMSNorm(self.dtype, name="decoder_norm")(y)
+            y = DecoderLayer(c, ens, self.dtype, self.dropout_rate, name=f"layers_{i}")(y, encoded, self_bias, cross_bias)
+        hidden = dropout(RMSNorm(self.dtype, name="decoder_norm")(y), self.dropout_rate)
         return hidden.astype(jnp.float32), self._head(hidden, columns, vocab_logits, update_covariance, weights)
 
     def _head(self, hidden, columns, vocab_logits, update_covariance, weights):
@@ -341,7 +353,9 @@ class T5Classifier(nn.Module):
     """T5.1.1 (-Plex) classifier; module docstring for the forward pass and outputs.
 
     Runtime options (not part of the architecture): dtype (float32 or bfloat16 compute, float32
-    params and outputs); readout ("average" or "paper", for `log_probs`).
+    params and outputs); readout ("average" or "paper", for `log_probs`); dropout_rate (training
+    only, T5's placement: on the embeddings, each sublayer's output before its residual add and
+    the final norms' outputs; needs the 'dropout' rng; 0 = none, the inference default).
     Call: `module.apply(split_state(tree), tokens, targets=None, decoder_input_tokens=None)`.
     targets (B, T) label-token ids teacher-force the decoder (shift_right); decoder_input_tokens
     gives the decoder inputs directly; neither: position 0 from [0] and greedy decoding over the
@@ -353,12 +367,13 @@ class T5Classifier(nn.Module):
     config: T5Config
     dtype: Dtype = jnp.float32
     readout: str = "average"
+    dropout_rate: float = 0.0
 
     def setup(self):
         c = self.config
         self.token_embedder = Embed(c.vocab_size, c.d_model, self.dtype)
-        self.encoder = Encoder(c, self.dtype)
-        self.decoder = Decoder(c, self.dtype)
+        self.encoder = Encoder(c, self.dtype, self.dropout_rate)
+        self.decoder = Decoder(c, self.dtype, self.dropout_rate)
 
     def encode(self, tokens):
         """tokens (B, L) int -> (encoded (B, L, d), valid (B, L) bool)."""
@@ -393,6 +408,8 @@ class T5Classifier(nn.Module):
         c = self.config
         labels = jnp.asarray(c.label_tokens, jnp.int32)
         inputs = jnp.zeros((batch, c.target_length), jnp.int32)
+        if not c.label_tokens:  # only reached while initialising a config without a readout
+            return inputs
         for t in range(c.target_length - 1):
             _, head = self.decode(encoded, valid, inputs)
             logits = self._member_major(self._mean_field(head), batch)[:, :, t]
@@ -407,7 +424,7 @@ class T5Classifier(nn.Module):
 
     def _member_major(self, x, batch: int):
         """(E*B, ...) -> (E, B, ...); a model whose rows were never tiled has E = 1."""
-        return x.reshape((-1, batch) + x.shape[1:])
+        return x.reshape((x.shape[0] // batch, batch) + x.shape[1:])
 
     def _outputs(self, hidden, head, batch: int) -> dict:
         mm = functools.partial(self._member_major, batch=batch)
@@ -440,14 +457,15 @@ def _check_tokens(tokens) -> None:
                              f"{tuple(tokens.shape)} {tokens.dtype}; check the text preprocessing")
 
 
-def build_t5(config: T5Config, *, dtype: str | Dtype = "float32", readout: str = "average") -> T5Classifier:
+def build_t5(config: T5Config, *, dtype: str | Dtype = "float32", readout: str = "average",
+             dropout_rate: float = 0.0) -> T5Classifier:
     """The Flax module for `config`; apply it to `plexbench.models.sngp.split_state(tree)`."""
     dt = jnp.dtype(dtype)
     if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
         raise PlexbenchError(f"dtype must be float32 or bfloat16, got {dtype}")
     if readout not in READOUTS:
         raise PlexbenchError(f"unknown readout '{readout}' (choose from {', '.join(READOUTS)})")
-    return T5Classifier(config, dt, readout)
+    return T5Classifier(config, dt, readout, float(dropout_rate))
 
 
 def init_t5_params(config: T5Config, seed: int = 0, input_length: int = 8) -> dict:
