@@ -222,3 +222,13 @@ def test_text_fingerprint_depends_on_content(text_dir):
 def test_image_and_text_datasets_are_told_apart(text_dir):
     with pytest.raises(PlexbenchError, match="is an image dataset"):
         T.load_texts("fashion_mnist", "test", text_dir)
+
+
+def test_unprepared_text_dataset_is_the_usual_one_line_error(tmp_path):
+    from plexbench.inference import text_source
+
+    with pytest.raises(PlexbenchError, match="plexbench data prepare glue/mnli") as e:
+        text_source("glue/mnli", "test", preprocess="mnli_input|tokenize(fortunes,8)", data_dir=tmp_path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(PlexbenchError, match="needs the model's text preprocessing"):
+        text_source("fortunes", "test", preprocess=None, data_dir=tmp_path)

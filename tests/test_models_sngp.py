@@ -189,3 +189,32 @@ def test_vit_sngp_checkpoint_round_trip_and_head_against_numpy(tmp_path):
     var = np.einsum("ebr,rs,ebs->eb", phi, inv, phi)
     np.testing.assert_allclose(np.asarray(out["gp_variance"]), var, rtol=1e-3)
     np.testing.assert_allclose(np.asarray(out["logits"]), logits / np.sqrt(1 + 0.5 * var)[..., None], rtol=1e-3, atol=1e-4)
+
+
+def test_vit_sngp_flops_count_the_head_matmuls():
+    import math as _math
+
+    from plexbench.models.checkpoint import random_flat_params, unflatten_params
+    from plexbench.models.flops import flops_per_example
+
+    def dots(jaxpr):
+        total = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                (contract, _), _ = eqn.params["dimension_numbers"]
+                total += 2 * _math.prod(eqn.outvars[0].aval.shape) * _math.prod(eqn.invars[0].aval.shape[i] for i in contract)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        total += dots(inner)
+        return total
+
+    config = ModelConfig(**VIT, ensemble_size=2, be_layers=(1,))
+    tree = unflatten_params(random_flat_params(config))
+    images = jnp.zeros((3, 8, 8, 3), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda t, x: build(config).apply(split_state(t), x)["logits"])(tree, images).jaxpr
+    f = flops_per_example(config)
+    assert f["head"] == 2 * 2 * 8 * 12 + 2 * 2 * 12 * 3 and f["gp_variance"] == 4 * 2 * 12 * 12
+    # the variance's triangular solves are not dot_generals: everything else is
+    assert dots(jaxpr) == 3 * (f["total"] - f["gp_variance"])

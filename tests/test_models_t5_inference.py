@@ -159,3 +159,43 @@ def test_image_models_keep_their_batches(store_dir):
                     verbose=False)
     assert entry.logits.shape == (2, 6, 3) and entry.extras == {}
     assert math.isfinite(float(entry.logits.sum()))
+
+
+SHARDED = """
+import json, sys
+import numpy as np
+import jax
+from plexbench.inference import handle_from_t5_config, predict, token_source
+from plexbench.models.checkpoint import random_flat_params, unflatten_params
+from plexbench.models.t5_config import T5Config
+cfg = json.loads(sys.argv[1])
+config = T5Config.from_dict(cfg["config"])
+tokens = np.random.default_rng(4).integers(3, 1000, (37, 12)).astype(np.int32)
+tokens[::3, 6:] = 0
+source = token_source("synthetic", "test", tokens, np.zeros(37, np.int64))
+handle = handle_from_t5_config(config, unflatten_params(random_flat_params(config, 0)), name="tiny-t5")
+entry = predict(handle, "synthetic", "test", store_dir=cfg["store"], source=source, batch_size=cfg["batch"],
+                chunk_size=16, verbose=False)
+json.dump({"devices": len(jax.devices()), "logits": entry.logits.tolist(),
+           "variance": entry.extras["gp_variance"].tolist()}, open(cfg["out"], "w"))
+"""
+
+
+def test_four_devices_match_one_device(tmp_path, tree):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PLEXBENCH_QUIET": "1",
+           "JAX_PLATFORMS": "cpu"}
+    cfg = {"config": CONFIG.to_dict(), "store": str(tmp_path / "store"), "out": str(tmp_path / "out.json"), "batch": 32}
+    subprocess.run([sys.executable, "-c", SHARDED, json.dumps(cfg)], env=env, check=True, timeout=300)
+    got = json.loads((tmp_path / "out.json").read_text())
+    assert got["devices"] == 4
+    tokens = np.random.default_rng(4).integers(3, 1000, (37, 12)).astype(np.int32)
+    tokens[::3, 6:] = 0
+    ref = predict(handle_from_t5_config(CONFIG, tree, name="tiny-t5"), "synthetic", "test", store_dir=tmp_path / "ref",
+                  source=token_source("synthetic", "test", tokens, np.zeros(37, np.int64)), batch_size=8, verbose=False)
+    np.testing.assert_allclose(np.asarray(got["logits"], np.float32), ref.logits, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(got["variance"], np.float32), ref.extras["gp_variance"], rtol=1e-5)
