@@ -138,7 +138,7 @@ def test_registry_handle_reads_a_t5x_directory(tmp_path, store_dir, monkeypatch)
     assert out.logits.shape == (4, 4, 6) and np.isfinite(out.logits).all()
     with pytest.raises(PlexbenchError, match="not a T5X checkpoint directory"):
         handle_from_registry("t5-plex-mini", tmp_path)
-    with pytest.raises(PlexbenchError, match="target length 3"):
+    with pytest.raises(PlexbenchError, match="reads 3 target positions"):
         handle_from_registry("plex-t5-small-nalue", ckpt)
     with pytest.raises(PlexbenchError, match="unknown readout"):
         handle_from_registry("t5-plex-mini", ckpt, readout="median")

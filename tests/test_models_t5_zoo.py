@@ -107,6 +107,7 @@ def test_predict_cli_on_fortunes(text_dir, tmp_path):
     assert paper.returncode == 2 and "apply to T5 models" in paper.stderr
 
 
+@pytest.mark.slow  # compiles the training step and fits the bag-of-words baseline (~1-3 minutes)
 def test_short_training_run_through_the_cli(text_dir, tmp_path):
     env = {**os.environ, "PLEXBENCH_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     (tmp_path / "fortunes.spm").write_bytes((ZOO_DIR / "fortunes.spm").read_bytes())  # skip vocabulary training
