@@ -2,6 +2,10 @@
 
 - TFDS data dir: `--data-dir`, else $TFDS_DATA_DIR, else ~/.cache/plexbench/tensorflow_datasets.
 - Prediction store: `--store`, else $PLEXBENCH_STORE, else ~/.cache/plexbench/predictions.
+
+Both may not exist yet (they are created when first written), but a path that exists as a file,
+lies under a file, or has a name longer than the file system allows is a one-line error here,
+before any work (plexbench.fileio.check_input_dir).
 """
 
 from __future__ import annotations
@@ -17,16 +21,26 @@ def cache_root() -> Path:
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     if explicit:
-        return Path(explicit).expanduser()
+        return _checked(Path(explicit).expanduser(), "data dir (--data-dir)")
     env = os.environ.get("TFDS_DATA_DIR")
-    return Path(env).expanduser() if env else cache_root() / "tensorflow_datasets"
+    if env:
+        return _checked(Path(env).expanduser(), "data dir ($TFDS_DATA_DIR)")
+    return _checked(cache_root() / "tensorflow_datasets", "data dir")
 
 
 def store_dir(explicit: str | os.PathLike | None = None) -> Path:
     if explicit:
-        return Path(explicit).expanduser()
+        return _checked(Path(explicit).expanduser(), "prediction store (--store)")
     env = os.environ.get("PLEXBENCH_STORE")
-    return Path(env).expanduser() if env else cache_root() / "predictions"
+    if env:
+        return _checked(Path(env).expanduser(), "prediction store ($PLEXBENCH_STORE)")
+    return _checked(cache_root() / "predictions", "prediction store")
+
+
+def _checked(path: Path, what: str) -> Path:
+    from plexbench.fileio import check_input_dir
+
+    return check_input_dir(path, what)
 
 
 def repo_root() -> Path:

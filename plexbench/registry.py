@@ -7,18 +7,31 @@ unknown name raises `PlexbenchError` with close matches.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Callable, Generic, Iterator, TypeVar
 
-from plexbench.errors import PlexbenchError
+from plexbench.errors import PlexbenchError, shown
 
 T = TypeVar("T")
 
 
+def close_names(name: str, available: list[str], n: int = 3) -> list[str]:
+    """Names the user may have meant: those that start with `name` or contain it as a whole
+    '_'/'/'-separated part (`svhn` -> `svhn_cropped`), then difflib's close matches.
+    A name longer than any plausible one (100+ characters) gets none (difflib is quadratic)."""
+    if not name or len(name) > 100:
+        return []
+    lowered = name.lower()
+    parts = [a for a in available if a.lower().startswith(lowered) or lowered in re.split(r"[_/]", a.lower())]
+    close = difflib.get_close_matches(name, available, n=n, cutoff=0.5)
+    return list(dict.fromkeys(sorted(parts, key=len) + close))[:n]
+
+
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
-    close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+    close = close_names(name, available)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    shown = ", ".join(sorted(available)[:12]) + (" ..." if len(available) > 12 else "")
-    return f"unknown {kind} '{name}'{hint} (available: {shown})"
+    listed = ", ".join(sorted(available)[:12]) + (" ..." if len(available) > 12 else "")
+    return f"unknown {kind} {shown(name, 80)}{hint} (available: {listed})"
 
 
 class Registry(Generic[T]):

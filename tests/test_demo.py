@@ -76,6 +76,9 @@ def write_results(root: Path) -> Path:
     _png(root / "plots" / "fashion_mnist" / "radar.png")
     _png(root / "plots" / "fashion_mnist" / "reliability_t_cal_fashion_mnist.png")
     _png(root / "plots" / "fashion_mnist6" / "radar.png")
+    (root / "plots" / "fashion_mnist" / "figures.json").write_text(json.dumps({"figures": [
+        {"file": "radar.png", "figure": "radar"},
+        {"file": "reliability_t_cal_fashion_mnist.png", "figure": "reliability"}]}))
     return root
 
 
@@ -98,26 +101,28 @@ def test_write_report_is_render_report_written_atomically(results):
 
 
 def test_groups_by_number_of_classes(results):
-    import pandas as pd
+    from plexbench.results_schema import read_long_csv
 
-    long = pd.read_csv(results / "metrics_long.csv")
+    long = read_long_csv(results / "metrics_long.csv")  # format 1: the model's K comes with the conversion
     groups = report_md.model_groups(long)
     assert [(g.slug, g.title, g.models) for g in groups] == [
         ("fashion_mnist", "10-class models", ("a", "b")), ("fashion_mnist6", "6-class models", ("c",))]
-    assert [g.models for g in report_md.model_groups(long.drop(columns="num_classes"))] == [("a", "b", "c")]
+    assert [g.models for g in report_md.model_groups(long.drop(columns="model_num_classes"))] == [("a", "b", "c")]
 
 
-def test_few_shot_rows_do_not_move_a_model_to_another_group():
+def test_groups_use_the_models_own_k_not_the_rows():
     import pandas as pd
 
-    # c is a 6-class model; its few-shot probe rows on a 10-class target carry K = 10
+    # c is a 6-class model; its few-shot probe rows on a 10-class target carry K = 10 in num_classes,
+    # and its own K in model_num_classes: even a table of probe rows only keeps it in its group
     long = pd.DataFrame({"model": ["a", "c", "c", "c"], "dataset": ["x", "x6", "digits", "digits"],
                          "metric": ["accuracy", "accuracy", "fewshot/5shot/prec@1", "fewshot/5shot/nll"],
-                         "num_classes": [10, 6, 10, 10]})
+                         "num_classes": [10, 6, 10, 10], "model_num_classes": [10, 6, 6, 6]})
     assert [(g.title, g.models) for g in report_md.model_groups(long)] == [
         ("10-class models", ("a",)), ("6-class models", ("c",))]
     only_probes = long[long.metric.str.startswith("fewshot") | (long.model == "a")]
-    assert [(g.title, g.models) for g in report_md.model_groups(only_probes)] == [("10-class models", ("a", "c"))]
+    assert [(g.title, g.models) for g in report_md.model_groups(only_probes)] == [
+        ("10-class models", ("a",)), ("6-class models", ("c",))]
 
 
 def test_score_tables_match_hand_computed_scores(results):
@@ -158,7 +163,10 @@ def test_figures_are_relative_links_to_existing_pngs(results):
     for link in links:
         assert (results / link).is_file()
     figures = _section(text, "## Figures")
+    # kinds and titles from figures.json; a folder without one lists its PNGs as other figures
     assert figures.index("Reliability radar") < figures.index("Reliability diagrams")
+    six = figures[figures.index("plots/fashion_mnist6/"):]
+    assert "**Other figures**" in six and "Reliability radar" not in six
 
 
 def test_provenance_models_and_timings(results):
@@ -225,15 +233,37 @@ def test_bad_arguments_are_one_line_errors(args, message, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_reproducibility_verdict_by_hand(tmp_path):
+    from plexbench.reports import reproducibility as R
+
+    header = ",".join(LONG_HEADER)
+    rows = ["m,t,1,d,test,accuracy,{},,,10,10", "m,t,1,d,test,ece,{},,,10,10", "m,t,1,d,test,nll,{},,,10,10",
+            "m,t2,1,d,test,accuracy,{},,,10,10"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    for d, values, keep in ((ref, (0.9, 0.05, 0.3, 0.5), 4), (run, (0.90005, 0.0501, 0.3, 0.5), 3)):
+        d.mkdir()
+        (d / "metrics_long.csv").write_text("\n".join([header] + [r.format(v) for r, v in zip(rows, values)][:keep]) + "\n")
+    v = R.compare(run, ref)
+    # accuracy: |0.90005 - 0.9| = 5e-5 <= 1e-6 + 1e-4 * 0.9 -> reproduced; ece: 1e-4 > 1e-6 + 5e-6 -> differs;
+    # nll equal; t2 missing from the run
+    assert (v["compared"], v["reproduced"], v["differ"], v["missing"], v["extra"]) == (3, 2, 1, 1, 0)
+    assert v["largest_differences"][0]["metric"] == "ece" and v["missing_tasks"] == ["t2 v1"]
+    assert "2 of 3 reference values reproduced" in R.verdict_line(v)
+
+
 def test_demo_smoke_run_then_everything_reused(data_dir, tmp_path, capsys):
     out, store = tmp_path / "out", tmp_path / "store"
     args = ["demo", "--out", str(out), "--data-dir", str(data_dir), "--store", str(store), "--models", "det-mini",
             "--tasks", "fmnist_in_distribution,fmnist_calibration", "--limit", "300"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    for i, stage in enumerate(("data", "run", "leaderboard", "plots", "report"), 1):
-        assert f"[{i}/5] {stage}: " in printed
+    for i, stage in enumerate(("data", "run", "leaderboard", "plots", "compare", "report"), 1):
+        assert f"[{i}/6] {stage}: " in printed
     assert "demo finished in" in printed
+    # the default reference is the committed results/embedded (full splits): a smoke run at 300
+    # examples reproduces none of its values, and says so
+    verdict = json.loads((out / "reproducibility.json").read_text())
+    assert verdict["reproduced"] + verdict["differ"] == verdict["compared"] and verdict["differ"] > 0
     for name in ("metrics_long.csv", "run.json", "report.md", "demo.json", "leaderboard_paper.md",
                  "leaderboard_plexbench.csv", "tasks/fmnist_in_distribution/det-mini.json"):
         assert (out / name).is_file(), name
@@ -248,8 +278,17 @@ def test_demo_smoke_run_then_everything_reused(data_dir, tmp_path, capsys):
                    if r["metric"] == "accuracy" and r["task"] == "fmnist_in_distribution")
     assert f"| `det-mini` | {acc:.4f} [" in report
 
-    assert main(args) == 0  # warm: nothing computed again, history kept
+    import shutil
+
+    reference = tmp_path / "reference"
+    shutil.copytree(out, reference)
+    # warm, against the first run as the reference: nothing computed again, every value reproduced
+    assert main(args + ["--reference", str(reference)]) == 0
     demo = json.loads((out / "demo.json").read_text())
     assert demo["results_computed"] == 0 and demo["results_reused"] == 2 and demo["datasets_prepared"] == 0
     assert len(demo["history"]) == 1 and demo["history"][0]["results_computed"] == 2
-    assert set(demo["stages"]) == {"data", "run", "leaderboard", "plots", "report"}
+    assert set(demo["stages"]) == {"data", "run", "leaderboard", "plots", "compare", "report"}
+    rows = sum(1 for _ in open(out / "metrics_long.csv")) - 1
+    assert demo["reproducibility"] == {"compared": rows, "reproduced": rows, "differ": 0, "missing": 0}
+    assert f"reproducibility: {rows} of {rows} reference values reproduced" in capsys.readouterr().out
+    assert "## Reproducibility" in (out / "report.md").read_text()

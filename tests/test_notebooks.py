@@ -1,8 +1,12 @@
 """Both notebooks run end to end (nbclient, kernel `python3` = this interpreter) on the committed results/embedded.
 
 The kernel must be the virtual environment's Python: the first cell we add prints `sys.executable` and
-`sys.prefix`, compared with this process's. Outputs go to a temporary directory (PLEXBENCH_NOTEBOOK_OUT);
-the data dir is the shared test data dir (Fashion-MNIST and digits prepared).
+`sys.prefix`, compared with this process's. Outputs go to a temporary directory (PLEXBENCH_NOTEBOOK_OUT).
+
+The data dir holds what a user's has after `make demo`: every embedded dataset, Fashion-MNIST-C with all
+75 configs included (`user_data_dir`), so the notebooks take the branches a user's run takes (the
+covariate-shift task with one row per corrupted dataset). Preparing the 75 configs costs about a minute
+once; they stay in the shared test data dir (PLEXBENCH_TEST_DATA_DIR) for later runs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,21 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results" / "embedded"
 NOTEBOOKS = REPO / "notebooks"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def user_data_dir(data_dir) -> Path:
+    """The shared test data dir with every dataset of the embedded suite prepared, as after `make demo`."""
+    import fcntl
+
+    from plexbench.data.prepare import prepare
+    from plexbench.data.registry import FAMILIES
+
+    with open(data_dir / ".prepare.lock", "w") as lock:  # the lock conftest's preparation takes
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in FAMILIES["fashion_mnist_corrupted"]:
+            prepare(name, data_dir)
+    return data_dir
 
 
 def _require_committed_results() -> None:
@@ -66,9 +85,9 @@ def _png(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_reproduce_paper_figures(data_dir, tmp_path, monkeypatch):
+def test_reproduce_paper_figures(user_data_dir, tmp_path, monkeypatch):
     _require_committed_results()
-    cells = execute("reproduce_paper_figures.ipynb", tmp_path, data_dir, monkeypatch)
+    cells = execute("reproduce_paper_figures.ipynb", tmp_path, user_data_dir, monkeypatch)
     _check_kernel(cells)
     assert _png(tmp_path / "paper_radar.png") and _png(tmp_path / "paper_subpopulation.png")
     # The zoo's 10-class models get their own radar and subpopulation figure.
@@ -85,13 +104,14 @@ def test_reproduce_paper_figures(data_dir, tmp_path, monkeypatch):
     assert "run embedded" not in origin
 
 
-def test_benchmark_your_model(data_dir, tmp_path, monkeypatch):
+def test_benchmark_your_model(user_data_dir, tmp_path, monkeypatch):
     _require_committed_results()
     from sklearn.metrics import accuracy_score
 
     from plexbench import fileio
     from plexbench.data.load import load_arrays
 
+    data_dir = user_data_dir
     cells = execute("benchmark_your_model.ipynb", tmp_path, data_dir, monkeypatch)
     _check_kernel(cells)
     # The prediction file the notebook wrote: its labels are the test split's, and the accuracy the
@@ -105,6 +125,11 @@ def test_benchmark_your_model(data_dir, tmp_path, monkeypatch):
                and r["task"] == "fmnist_in_distribution")
     assert acc == pytest.approx(accuracy_score(labels, pred["logits"].argmax(1)), abs=1e-12)
     assert acc > 0.75  # one epoch of a small CNN on Fashion-MNIST (about 0.85); far above chance (0.1)
+    # With Fashion-MNIST-C prepared, as a user's data dir after `make demo`, the covariate-shift task ran:
+    # one accuracy row per corrupted dataset (15 corruptions x 5 severities) for the notebook's model.
+    shift = {r["dataset"] for r in rows if r["model"] == "my-cnn" and r["task"] == "fmnist_covariate_shift"
+             and r["metric"] == "accuracy" and "/" in r["dataset"]}
+    assert len(shift) == 75
     # It sits in the leaderboard beside the zoo's 10-class models from the committed results.
     board = next(_text(c) for c in cells if "plexbench score" in _text(c))
     for model in ("my-cnn", "plex-mini", "det-mini"):

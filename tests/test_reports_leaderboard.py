@@ -30,7 +30,7 @@ def test_writes_five_files_with_headers_and_reference_rows(run_dir, tmp_path, ca
     files = {p.name for p in tmp_path.iterdir()}
     assert files == {"lb.csv", "lb.long.csv", "lb.json", "lb.md", "lb.tex"}  # no temporary files left behind
     wide = pd.read_csv(out, keep_default_na=False, na_values=[""])
-    assert list(wide.columns[:4]) == ["model", "kind", "task_versions", "score_x100"]
+    assert list(wide.columns[:5]) == ["model", "kind", "task_versions", "group", "score_x100"]
     assert wide.set_index("model").at["det", "task_versions"].startswith("cifar10_ood=1; cifar10_subpop=1")
     assert "ece@fashion_mnist (lower)" in wide.columns and "accuracy@fashion_mnist (higher)" in wide.columns
     assert "ood/digits/msp/fpr95@fashion_mnist (lower)" in wide.columns
@@ -70,12 +70,13 @@ def test_json_sidecar_states_conventions(run_dir, tmp_path):
     assert "OOD labelled 1 (the positive class)" in conv["ood"]
     assert "TPR >= 0.95" in conv["fpr95"]
     assert meta["preset"] == "plexbench" and set(meta["presets"]) >= {"paper", "plexbench"}
-    assert "unflipped" in meta["presets"]["paper"]["normalisation"]["brier, mce"]
+    quirk = [names for formula, names in meta["presets"]["paper"]["normalisation"].items() if "unflipped" in formula]
+    assert quirk and set(quirk[0].split(", ")) == {"brier", "mce"}
     cols = {c["column"]: c for c in meta["columns"]}
     assert cols["brier@fashion_mnist"]["formula"] == "1 - v / 2"
     assert cols["nll@fashion_mnist"]["num_classes"] == 10 and cols["nll@fashion_mnist"]["formula"] == "1 - v / ln(K)"
-    assert {"metric": "fewshot/1shot/prec@1", "dataset": "digits", "reason": "1-shot column (dropped as in the paper)"} \
-        in meta["excluded_columns"]
+    assert {"group": "10-class models", "metric": "fewshot/1shot/prec@1", "dataset": "digits",
+            "reason": "1-shot column (dropped as in the paper)"} in meta["excluded_columns"]
     assert meta["provenance"]["versions"]["plexbench"] and meta["inputs"][0]["metrics_long_sha256"]
     assert meta["files"]["latex"] == "lb.tex"
 
@@ -103,18 +104,49 @@ def test_baseline_and_two_directories(tmp_path):
     assert set(long.results_dir) == {str(d1), str(d2)}
 
 
+def test_models_of_different_class_counts_are_scored_in_their_own_groups(run_dir, tmp_path, capsys):
+    # a 6-class model that ran fewer tasks: one table over all four would give every model NaN
+    # under the paper preset; within groups, each group is complete and scored
+    six = write_results_dir(tmp_path / "six", models=("plexish",), num_classes=6,
+                            drop=("cifar10_ood", "cifar10_subpop", "cifar10h_label_uncertainty", "digits_fewshot"))
+    (six / "metrics_long.csv").write_text((six / "metrics_long.csv").read_text().replace("plexish", "six-class"))
+    out = tmp_path / "mixed.csv"
+    assert _leaderboard(run_dir, six, "--out", out, "--no-paper") == 0
+    printed = capsys.readouterr().out
+    wide = pd.read_csv(out, keep_default_na=False, na_values=[""]).set_index("model")
+    assert wide.loc[["plexish", "det", "be", "six-class"], "score_x100"].notna().all()
+    assert wide.at["six-class", "group"] == "6-class models" and wide.at["det", "group"] == "10-class models"
+    # the 10-class scores are those of the 10-class directory alone
+    alone = tmp_path / "alone.csv"
+    assert _leaderboard(run_dir, "--out", alone, "--no-paper") == 0
+    ten = pd.read_csv(alone).set_index("model")
+    for m in ("plexish", "det", "be"):
+        assert wide.at[m, "score_x100"] == pytest.approx(ten.at[m, "score_x100"])
+    assert "scored within 2 groups" in printed
+    meta = json.loads((tmp_path / "mixed.json").read_text())
+    assert [g["models"] for g in meta["groups"]] == [["plexish", "det", "be"], ["six-class"]]
+
+
+def test_a_missing_score_says_why(run_dir, tmp_path, capsys):
+    partial = write_results_dir(tmp_path / "partial", models=("be",), drop=("fashion_mnist_calibration",))
+    (partial / "metrics_long.csv").write_text((partial / "metrics_long.csv").read_text().replace("be,", "newbie,"))
+    assert _leaderboard(run_dir, partial, "--out", tmp_path / "p.csv", "--no-paper") == 0
+    printed = capsys.readouterr().out
+    assert "newbie: no score: lacks 2 of the" in printed and "the paper preset needs every column" in printed
+    wide = pd.read_csv(tmp_path / "p.csv").set_index("model")
+    assert math.isnan(wide.at["newbie", "score_x100"]) and wide.at["newbie", "score_note"].startswith("no score")
+
+
 def test_errors_are_one_line_exit_2(run_dir, tmp_path, capsys):
     assert _leaderboard(run_dir, "--out", tmp_path / "x.csv", "--baseline", "dett") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did you mean det" in err[0]
     assert _leaderboard(tmp_path / "missing") == 2
     assert "results directory not found" in capsys.readouterr().err
+    # det written alone is model 0 of its directory: its calib_auc (0.80) differs from run_dir's (0.82)
     clash = write_results_dir(tmp_path / "clash", models=("det",))
-    text = (clash / "metrics_long.csv").read_text().replace("det,fashion_mnist_calibration,1,fashion_mnist,test,accuracy,0.88",
-                                                           "det,fashion_mnist_calibration,1,fashion_mnist,test,accuracy,0.77")
-    (clash / "metrics_long.csv").write_text(text)
     assert _leaderboard(run_dir, clash, "--out", tmp_path / "y.csv") == 2
-    assert "conflicting values for model det, accuracy@fashion_mnist" in capsys.readouterr().err
+    assert "conflicting values for model det, calib_auc@fashion_mnist" in capsys.readouterr().err
     assert _leaderboard(run_dir, "--num-classes", "cifar10") == 2
     assert "DATASET=K" in capsys.readouterr().err
 

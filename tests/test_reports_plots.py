@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from test_reports_synthetic import IN_DOMAIN, write_results_dir
 from plexbench.cli import main
 from plexbench.errors import PlexbenchError
 from plexbench.reports import plot_data, plots
-from plexbench.reports.results import load_results
+from plexbench.results_schema import load_results
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,9 @@ def _legend(fig_or_ax) -> list[str]:
 def test_plot_command_writes_every_figure_as_pdf_and_png(results, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["plot", str(results.dirs[0]), "--out", str(out), "--paper-figures"]) == 0
-    stems = {p.stem for p in out.iterdir()}
+    stems = {p.stem for p in out.iterdir() if p.name != "figures.json"}
     assert stems == {"radar", "reliability_fashion_mnist_calibration_fashion_mnist",
-                     "risk_coverage_fashion_mnist_calibration_fashion_mnist",
+                     "risk_coverage_fashion_mnist_selective_fashion_mnist",
                      "ood_hist_fashion_mnist_vs_digits_msp", "ood_roc_fashion_mnist_vs_digits_msp",
                      "ood_hist_fashion_mnist_vs_cifar100_msp", "ood_roc_fashion_mnist_vs_cifar100_msp",
                      "shift_fashion_mnist_corrupted", "subpopulation_fashion_mnist", "score_vs_num_params",
@@ -43,6 +44,40 @@ def test_plot_command_writes_every_figure_as_pdf_and_png(results, tmp_path, caps
         assert pdf.startswith(b"%PDF") and len(pdf) > 1000, stem
         assert png.startswith(b"\x89PNG") and len(png) > 1000, stem
     assert "wrote 26 files" in capsys.readouterr().out
+    # the manifest names the figure kind of every PNG (report.md groups figures by it)
+    manifest = json.loads((out / "figures.json").read_text())["figures"]
+    kinds = {f["file"]: f["figure"] for f in manifest}
+    assert kinds["ood_roc_fashion_mnist_vs_digits_msp.png"] == "ood_roc" and kinds["radar.png"] == "radar"
+    assert len(kinds) == 11 and all(f["title"] for f in manifest)
+
+
+def test_titles_and_labels_fit_inside_the_figure():
+    # a title far wider than its figure is wrapped onto more lines before saving, so nothing is clipped
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    curves = [plot_data.Curve("a-model-with-a-long-name", "a_task_with_a_long_name_too", "a_dataset_with_a_long_name",
+                              np.linspace(0, 1, 5), np.linspace(0, 0.1, 5))]
+    fig = plots.draw_risk_coverage(curves)
+    with plots.paper_style():
+        plots.fit_texts(fig)
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        for text in (fig.axes[0].title, fig.axes[0].yaxis.label, fig.axes[0].xaxis.label):
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= -1 and box.x1 <= fig.bbox.width + 1 and box.y0 >= -1 and box.y1 <= fig.bbox.height + 1
+    assert "\n" in fig.axes[0].get_title()
+
+
+def test_radar_of_close_models_is_drawn_relative_to_the_best():
+    data = plot_data.RadarData(["a@x", "b@x", "c@x"], ["m1", "m2"], np.array([[0.90, 0.80, 0.70], [0.91, 0.79, 0.70]]),
+                               "t", "n", relative_to_best=True)
+    fig = plots.draw_radar(data)
+    ax = fig.axes[0]
+    radii = [line.get_ydata()[:3] for line in ax.get_lines()[:2]]
+    assert radii[0] == pytest.approx([0.90 / 0.91, 1.0, 1.0]) and radii[1] == pytest.approx([1.0, 0.79 / 0.80, 1.0])
+    low = min(0.90 / 0.91, 0.79 / 0.80)
+    assert ax.get_ylim()[0] == pytest.approx(low - 0.25 * (1 - low))  # the centre is just below the lowest ratio
+    assert "best model's value" in ax.get_xlabel()
 
 
 def test_plot_needs_an_input(capsys):
@@ -53,12 +88,15 @@ def test_plot_needs_an_input(capsys):
 def test_radar_default_axes_and_values(results):
     data = plot_data.radar_data(results)
     assert data.models == ["plexish", "det", "be"]
-    assert data.labels[:3] == ["accuracy@fashion_mnist", "nll@fashion_mnist", "ece@fashion_mnist"]
+    # one axis per task first: each task's first headline column, in task order (in-distribution,
+    # calibration, selective prediction, OOD, shift, ...), then further headline columns
+    assert data.labels[:5] == ["accuracy@fashion_mnist", "ece@fashion_mnist", "oc_acc@1%@fashion_mnist",
+                               "ood/digits/msp/auroc@fashion_mnist", "accuracy@fashion_mnist_corrupted"]
     assert len(data.labels) == 8 and not any("/" in lbl.rpartition("@")[2] for lbl in data.labels)
     ece = data.labels.index("ece@fashion_mnist")
     assert data.values[:, ece] == pytest.approx([1 - 0.02, 1 - 0.06, 1 - 0.03])  # 1 - ECE
-    nll = data.labels.index("nll@fashion_mnist")
-    assert data.values[1, nll] == pytest.approx(1 - 0.36 / np.log(10))
+    accuracy = data.labels.index("accuracy@fashion_mnist")
+    assert data.values[:, accuracy] == pytest.approx([0.91, 0.88, 0.90])
     fig = plots.draw_radar(data)
     ax = fig.axes[0]
     assert [t.get_text().replace("\n", "") for t in ax.get_xticklabels()] == data.labels
@@ -146,7 +184,10 @@ def test_score_vs_cost(results):
     assert data.score[0] > data.score[2] and list(data.front) == [1, 0]
     ax = plots.draw_score_vs_cost(data).axes[0]
     assert ax.get_xlabel() == "parameters (count)" and "reliability score" in ax.get_ylabel()
-    assert _legend(ax) == ["plexish", "det", "be", "Pareto front"] and "plexish, det, be" in ax.get_title()
+    assert _legend(ax) == ["plexish", "det", "be", "Pareto front (2 of 3 models)"] and "plexish, det, be" in ax.get_title()
+    # the front is visible whatever its size: its models are ringed (a marker line), not only a step
+    ring = next(line for line in ax.get_lines() if line.get_label().startswith("Pareto front"))
+    assert ring.get_marker() == "o" and list(ring.get_xdata()) == list(data.cost[data.front])
 
 
 def test_pareto_front_hand_case():

@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from scipy.stats import rankdata
 
 from plexbench.errors import PlexbenchError
-from plexbench.reports.columns import Column, is_shot_metric, parse_column, shot_count
+from plexbench.metrics.vocabulary import metric_info
+from plexbench.reports.columns import Column, parse_column
 from plexbench.reports.reliability_score import (
-    category,
     compute_score,
     rank_table,
     resolve_num_classes,
 )
+from plexbench.tasks.registry import get_kind
 
 LN10 = math.log(10)
 
@@ -33,6 +34,18 @@ TOY = {
 }
 NAMES = {"acc": ("accuracy", "A"), "ece": ("ece", "A"), "nll": ("nll", "A"), "brier": ("brier", "A"),
          "cauc": ("calib_auc", "A"), "s5": ("fewshot/5shot/prec@1", "B"), "s1": ("fewshot/1shot/prec@1", "B")}
+# The task kind that reports each toy metric: its declarations fill `category` and `score_exclusion`
+# as the runner writes them into metrics_long.csv.
+KINDS = {"acc": "in_distribution", "ece": "calibration", "nll": "in_distribution", "brier": "in_distribution",
+         "cauc": "calibration", "s5": "few_shot", "s1": "few_shot"}
+
+
+def declared_row(kind: str, **row) -> dict:
+    """A metrics_long row with the category and score exclusion that kind `kind` declares for it."""
+    k = get_kind(kind)
+    return {"task": kind, "task_version": "1", "split": "test", "ci_low": np.nan, "ci_high": np.nan, "n": 100,
+            **row, "kind": kind, "category": k.row_category(None, row["metric"]),
+            "score_exclusion": k.score_exclusion(None, row["metric"], row["dataset"])}
 
 
 def long_table(table=TOY, drop=(), half=None):
@@ -44,9 +57,9 @@ def long_table(table=TOY, drop=(), half=None):
                 continue
             metric, dataset = NAMES[key]
             h = np.nan if half is None else half.get(key, np.nan)
-            rows.append({"model": model, "task": "t", "task_version": "1", "dataset": dataset, "split": "test",
-                         "metric": metric, "value": v, "ci_low": v - h, "ci_high": v + h, "n": 100})
-    return pd.DataFrame(rows)
+            rows.append(declared_row(KINDS[key], model=model, dataset=dataset, metric=metric, value=v,
+                                     ci_low=v - h, ci_high=v + h))
+    return pd.DataFrame(rows).assign(task="t")
 
 
 K = {"A": 10, "B": 10}
@@ -178,31 +191,44 @@ def test_ranks_match_scipy_rankdata_average(columns, holes):
         np.testing.assert_array_equal(ranks[:, c], expected)
 
 
-# Every metric name the paper's score uses (spec §5-§7), in plexbench spelling, and its category.
-PAPER_CATEGORIES = {
+# Every metric name the paper's score uses (spec §5-§7), in plexbench spelling, and its declared category.
+DECLARED_CATEGORIES = {
     "accuracy": "prediction", "prec@1": "prediction", "loss": "prediction", "nll": "prediction",
-    "brier": "prediction", "mce": "prediction",
+    "brier": "prediction", "mce": "prediction", "soft_ce": "prediction", "subpop/p25": "prediction",
+    "subpop/variance": "prediction",
     "ece": "uncertainty", "calib_auc": "uncertainty", "auroc": "uncertainty", "oc_auc@0.005": "uncertainty",
     "ood/cifar100/msp/auroc": "uncertainty", "ood/svhn_cropped/maha/auroc": "uncertainty",
-    "ood/places365_small/rmaha/auroc": "uncertainty",
-    "fewshot/5shot/prec@1": "adaptation", "fewshot/10shot/ece": "adaptation", "fewshot/25shot/nll": "adaptation",
-    "fewshot/5shot/calib_auc": "adaptation", "5shot_prec@1": "adaptation", "25shot_loss": "adaptation",
+    "ood/places365_small/rmaha/auroc": "uncertainty", "fpr95": "uncertainty", "ood/digits/entropy/fpr95": "uncertainty",
+    "aurc": "uncertainty", "oc_acc@0.01": "uncertainty", "ged": "uncertainty", "adaptive_ece": "uncertainty",
 }
 
 
-@pytest.mark.parametrize("metric,expected", sorted(PAPER_CATEGORIES.items()))
-def test_paper_categories(metric, expected):
-    assert category(metric, "paper") == expected
+@pytest.mark.parametrize("metric,expected", sorted(DECLARED_CATEGORIES.items()))
+def test_metric_declared_categories(metric, expected):
+    assert metric_info(metric).category == expected
 
 
-@pytest.mark.parametrize("metric,expected", [
-    ("fpr95", "uncertainty"), ("ood/digits/entropy/fpr95", "uncertainty"), ("aurc", "uncertainty"),
-    ("oc_acc@0.01", "uncertainty"), ("ged", "uncertainty"), ("adaptive_ece", "uncertainty"),
-    ("subpop/p25", "prediction"), ("subpop/variance", "prediction"), ("soft_ce", "prediction"),
-    ("active_learning/1000/accuracy", "adaptation"), ("accuracy", "prediction"), ("brier", "prediction"),
+@pytest.mark.parametrize("kind,metric,expected", [
+    # a kind with a category of its own puts every row there (spec §7.5: few-shot -> adaptation) ...
+    ("few_shot", "fewshot/5shot/prec@1", "adaptation"), ("few_shot", "fewshot/10shot/ece", "adaptation"),
+    ("few_shot", "fewshot/25shot/nll", "adaptation"), ("ood", "ood/digits/msp/auroc", "uncertainty"),
+    ("subpopulation", "accuracy", "prediction"), ("selective_prediction", "aurc", "uncertainty"),
+    # ... a kind without one defers to the metric's declaration (a shift breakdown named after
+    # the corruption shot_noise is a prediction metric, whatever its name)
+    ("covariate_shift", "shot_noise/accuracy", "prediction"), ("covariate_shift", "ece", "uncertainty"),
+    ("in_distribution", "brier", "prediction"), ("label_uncertainty", "ged", "uncertainty"),
 ])
-def test_plexbench_categories(metric, expected):
-    assert category(metric, "plexbench") == expected
+def test_kind_categories(kind, metric, expected):
+    assert get_kind(kind).row_category(None, metric) == expected
+
+
+def test_category_is_read_from_the_results_not_from_names():
+    # the same metric name scores in whatever category its row declares, in both presets
+    long = long_table()
+    long.loc[long.metric == "accuracy", "category"] = "adaptation"
+    for preset in ("paper", "plexbench"):
+        r = compute_score(long, preset=preset, num_classes=K)
+        assert [s.category for s in r.columns if s.column.metric == "accuracy"] == ["adaptation"]
 
 
 @pytest.mark.parametrize("metric,value,expected", [
@@ -213,6 +239,7 @@ def test_plexbench_categories(metric, expected):
     ("subpop/p05", 0.6, 0.6), ("oc_acc@0.01", 0.93, 0.93),
 ])
 def test_plexbench_normalisations(metric, value, expected):
+    # a hand-written table without category / score_exclusion columns: metric declarations decide
     long = pd.DataFrame([{"model": "m", "task": "t", "task_version": "1", "dataset": "A", "split": "test",
                           "metric": metric, "value": value, "ci_low": np.nan, "ci_high": np.nan, "n": 10}])
     r = compute_score(long, preset="plexbench", num_classes=K)
@@ -227,7 +254,7 @@ def test_excluded_columns_and_reasons():
     paper = {e["metric"]: e["reason"] for e in compute_score(long, preset="paper", num_classes=K).excluded}
     ours = {e["metric"]: e["reason"] for e in compute_score(long, preset="plexbench", num_classes=K).excluded}
     assert "not one of the metric kinds" in paper["ood/digits/msp/fpr95"]
-    assert "no direction" in ours["disagreement"] and "ood/digits/msp/fpr95" not in ours
+    assert "not declared" in ours["disagreement"] and "ood/digits/msp/fpr95" not in ours
 
 
 def test_num_classes_sources():
@@ -236,10 +263,8 @@ def test_num_classes_sources():
     # the column is enough (no override)
     r = compute_score(long[long.metric == "nll"], preset="paper")
     assert r.columns[0].num_classes == 10
-    # override beats the column; a family name covers its variants and its _corrupted average
+    # override beats the column
     assert resolve_num_classes(["A"], long, {"A": 4}) == {"A": 4}
-    assert resolve_num_classes(["foo_corrupted/snow_3", "foo_corrupted"], None, {"foo": 7}) == \
-        {"foo_corrupted/snow_3": 7, "foo_corrupted": 7}
     with pytest.raises(PlexbenchError, match="number of classes unknown for dataset 'no_such_set'"):
         resolve_num_classes(["no_such_set"], None, {})
     # the dataset registry (plexbench.data.registry) knows the embedded sets and the corruption families
@@ -250,31 +275,27 @@ def test_num_classes_sources():
         resolve_num_classes(["A"], long)
 
 
-def test_shift_variants_give_way_to_their_family_average():
-    base = long_table()
-    row = base.iloc[:1]  # mA accuracy@A
-    extra = pd.concat([row.assign(dataset="A_corrupted", value=0.5), row.assign(dataset="A_corrupted/snow_3", value=0.4),
-                       row.assign(dataset="A_v2/matched-frequency", value=0.6)], ignore_index=True)
-    r = compute_score(pd.concat([base, extra], ignore_index=True), preset="plexbench", num_classes=K)
-    scored = {s.key for s in r.columns}
-    assert {"accuracy@A_corrupted", "accuracy@A_v2/matched-frequency"} <= scored
-    assert "accuracy@A_corrupted/snow_3" not in scored
-    assert any(e["dataset"] == "A_corrupted/snow_3" and "family" in e["reason"] for e in r.excluded)
+def shift_rows(model: str = "mA") -> pd.DataFrame:
+    """Rows as the covariate_shift kind writes them: the family average, one cell, breakdowns."""
+    rows = [("accuracy", "A_corrupted", 0.5), ("accuracy", "A_corrupted/snow_3", 0.4),
+            ("severity_3/accuracy", "A_corrupted", 0.4), ("shot_noise/accuracy", "A_corrupted", 0.3),
+            ("ece", "A_corrupted", 0.2), ("snow/ece", "A_corrupted", 0.25)]
+    return pd.DataFrame([declared_row("covariate_shift", model=model, metric=m, dataset=d, value=v)
+                         for m, d, v in rows])
 
 
-def test_breakdowns_of_a_family_average_are_not_scored():
-    row = long_table().iloc[:1]  # mA accuracy@A
-    extra = pd.concat([row.assign(dataset="A_corrupted", value=0.5),
-                       row.assign(dataset="A_corrupted", metric="severity_3/accuracy", value=0.4),
-                       row.assign(dataset="A_corrupted", metric="shot_noise/accuracy", value=0.3),
-                       row.assign(dataset="A_corrupted", metric="snow/ece", value=0.2)], ignore_index=True)
+def test_shift_cells_and_breakdowns_give_way_to_the_family_average():
+    extra = pd.concat([shift_rows(), pd.DataFrame([declared_row(
+        "in_distribution", model="mA", metric="accuracy", dataset="A_v2/matched-frequency", value=0.6)])])
     for preset in ("paper", "plexbench"):
         r = compute_score(pd.concat([long_table(), extra], ignore_index=True), preset=preset, num_classes=K)
         scored = {s.key for s in r.columns}
-        assert "accuracy@A_corrupted" in scored
-        assert not {"severity_3/accuracy@A_corrupted", "shot_noise/accuracy@A_corrupted"} & scored
-        # no overall ece at A_corrupted: its only breakdown stands for it
-        assert "snow/ece@A_corrupted" in scored
+        assert {"accuracy@A_corrupted", "ece@A_corrupted", "accuracy@A_v2/matched-frequency"} <= scored
+        assert not {"accuracy@A_corrupted/snow_3", "severity_3/accuracy@A_corrupted",
+                    "shot_noise/accuracy@A_corrupted", "snow/ece@A_corrupted"} & scored
+        reasons = {(e["metric"], e["dataset"]): e["reason"] for e in r.excluded}
+        assert "family average" in reasons[("accuracy", "A_corrupted/snow_3")]
+        assert "breakdown" in reasons[("severity_3/accuracy", "A_corrupted")]
         assert {s.category for s in r.columns if s.column.dataset == "A_corrupted"} == {"prediction", "uncertainty"}
 
 
@@ -287,12 +308,15 @@ def test_conflicting_duplicates_raise_identical_ones_collapse():
         compute_score(clash, preset="paper", num_classes=K)
 
 
-def test_column_names_and_shots():
-    assert not is_shot_metric("shot_noise/accuracy") and is_shot_metric("fewshot/5shot/prec@1")
-    assert category("shot_noise/accuracy", "paper") == "prediction"
+def test_column_names_and_few_shot_exclusions():
+    from plexbench.tasks.kinds.few_shot import shot_metric, shots_of
+
     assert parse_column("prec@1@cifar10") == Column("prec@1", "cifar10")
     assert parse_column("oc_acc@0.01@fashion_mnist") == Column("oc_acc@0.01", "fashion_mnist")
     with pytest.raises(PlexbenchError, match="METRIC@DATASET"):
         parse_column("accuracy")
-    assert [shot_count(m) for m in ("fewshot/1shot/prec@1", "10shot_ece", "fewshot/shots_5/nll", "fewshot/prec@1")] == \
-        [1, 10, 5, None]
+    assert [shots_of(shot_metric(s, "prec@1")) for s in (1, 5, 25)] == [1, 5, 25]
+    assert shots_of("shot_noise/accuracy") is None and shots_of("fewshot/prec@1") is None
+    few_shot = get_kind("few_shot")
+    assert few_shot.score_exclusion(None, "fewshot/1shot/prec@1", "B").startswith("1-shot")
+    assert few_shot.score_exclusion(None, "fewshot/5shot/prec@1", "B") == ""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from plexbench.errors import PlexbenchError
 from plexbench.tasks import groups as G
 from plexbench.tasks import registry as R
-from plexbench.tasks import results as RS
+from plexbench import results_schema as RS
 from plexbench.tasks.kinds.base import EvalContext, Need, Split, measure
 from plexbench.tasks.kinds.covariate_shift import corruption_errors, shifted_name
 from plexbench.tasks.kinds.selective_prediction import oc_metric_name
@@ -165,26 +165,6 @@ def _clusters(seed=0):
     return np.concatenate(images), np.array(labels)
 
 
-def test_kmeans_matches_sklearn_inertia():
-    from sklearn.cluster import KMeans
-
-    x = np.random.default_rng(3).normal(size=(300, 5)) + np.repeat(np.eye(5)[:3] * 6, 100, axis=0)
-    ours = G.kmeans(x, 3, seed=0)
-    inertia = G._sq_distances(x, ours).min(1).sum()
-    reference = KMeans(3, n_init=10, random_state=0).fit(x).inertia_
-    assert inertia == pytest.approx(reference, rel=1e-3)
-
-
-def test_pca_matches_sklearn_directions():
-    from sklearn.decomposition import PCA
-
-    x = np.random.default_rng(4).normal(size=(500, 20)) * np.linspace(5, 0.5, 20)
-    mean, comps = G.pca(x, 4)
-    ref = PCA(4, svd_solver="full").fit(x)
-    assert np.allclose(mean, ref.mean_)
-    assert np.allclose(np.abs((comps * ref.components_.T).sum(0)), 1.0, atol=1e-4)  # same directions, any sign
-
-
 def test_kmeans_per_class_groups_blobs():
     images, labels = _clusters()
     fit = G.fit_kmeans_per_class(images, labels, num_classes=2, clusters_per_class=3, pca_dims=8, seed=0)
@@ -238,11 +218,13 @@ def test_need_optional_flag():
 
 
 def test_long_csv_cells(tmp_path):
-    rows = [{"model": "m", "task": "t", "task_version": 1, "dataset": "d", "split": "test", "metric": "ece",
-             "value": float("nan"), "ci_low": float("nan"), "ci_high": 0.5, "n": 3, "num_classes": 10}]
+    rows = [{"model": "m", "task": "t", "task_version": 1, "kind": "calibration", "category": "uncertainty",
+             "dataset": "d", "split": "test", "metric": "ece", "value": float("nan"), "ci_low": float("nan"),
+             "ci_high": 0.5, "n": 3, "num_classes": 10, "model_num_classes": 10, "score_exclusion": ""}]
     RS.write_long_csv(tmp_path / "m.csv", rows)
     lines = (tmp_path / "m.csv").read_text().splitlines()
-    assert lines[1] == "m,t,1,d,test,ece,nan,,0.5,3,10"
+    assert lines[0] == ",".join(RS.LONG_COLUMNS)
+    assert lines[1] == "m,t,1,calibration,uncertainty,d,test,ece,nan,,0.5,3,10,10,"
     assert RS.safe_name("pkg.mod:make") == "pkg.mod_make"
 
 
@@ -253,3 +235,7 @@ def test_every_kind_declares_consistent_metadata():
         assert dataclasses.is_dataclass(kind.Params)
         if kind.default_metrics is not None:
             assert set(kind.default_metrics) <= set(kind.metrics)
+        assert kind.headline, f"{name} declares no headline metrics for report tables"
+        from plexbench.reports.plots import FIGURES
+
+        assert all(f in FIGURES for f in kind.figures), f"{name} feeds an unregistered figure"

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
+from plexbench.tasks import registry as R
+
 from plexbench.cli import main
 from plexbench.tasks import runner
 from plexbench.tasks.kinds.base import EvalContext
@@ -158,12 +160,20 @@ def test_results_directory_format(e2e):
     out = e2e.out
     with open(out / "metrics_long.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert header[:10] == ["model", "task", "task_version", "dataset", "split", "metric", "value", "ci_low",
-                           "ci_high", "n"]
+    assert header == ["model", "task", "task_version", "kind", "category", "dataset", "split", "metric", "value",
+                      "ci_low", "ci_high", "n", "num_classes", "model_num_classes", "score_exclusion"]
     for task in E2E_TASKS:
         model = ZOO_6 if task in ("fmnist6_in_distribution", "fmnist_open_set") else ZOO_10
         doc = json.loads((out / "tasks" / task / f"{model}.json").read_text())
-        assert {"task", "kind", "version", "model", "dataset", "split", "metrics", "curves"} <= set(doc)
+        assert {"task", "kind", "version", "model", "dataset", "split", "metrics", "curves", "headline",
+                "figures", "format_version"} <= set(doc)
+        # what the kind declares travels with the results
+        kind = R.get_kind(doc["kind"])
+        assert doc["figures"] == list(kind.figures)
+        assert all(r["category"] == kind.row_category(None, r["metric"]) for r in doc["rows"])
+    categories = {(r["task"], r["category"]) for r in e2e.rows}
+    assert ("fmnist_ood_digits", "uncertainty") in categories and ("fmnist_in_distribution", "prediction") in categories
+    assert all(r["model_num_classes"] == ("6" if r["model"] == ZOO_6 else "10") for r in e2e.rows)
     cal = json.loads((out / "tasks" / "fmnist_calibration" / f"{ZOO_10}.json").read_text())
     diagram = cal["curves"]["reliability_diagram"]
     assert sum(diagram["count"]) == LIMIT and len(diagram["bin_lower"]) == 15

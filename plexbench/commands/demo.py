@@ -1,5 +1,10 @@
 """`plexbench demo`: the embedded benchmark end to end, offline, into one results directory.
 
+The demo computes into `results/demo` (not tracked by git) and, at the end, compares every value
+with the committed reference result `results/embedded` (plexbench.reports.reproducibility): the
+last line says how many reference values this machine reproduced. `--out results/embedded`
+regenerates the reference itself (then there is nothing to compare with).
+
 Stages, each calling the library directly (no subprocess), each printing one line:
 
 1. data: prepare every dataset the suite's tasks read (Fashion-MNIST, digits and the 75
@@ -10,7 +15,9 @@ Stages, each calling the library directly (no subprocess), each printing one lin
 4. plots: `plexbench.reports.plots.plot_results` once per model group (models with the same number
    of classes, see `plexbench.reports.report_md.model_groups`) into `plots/<group>/`, so the radar and
    the score-vs-cost figures compare models that ran the same tasks;
-5. report: `demo.json` (this run's stage timings, appended to the earlier runs' ones) and
+5. compare: `reproducibility.json`, the verdict against the reference directory (skipped when the
+   reference is missing or is the output directory itself);
+6. report: `demo.json` (this run's stage timings, appended to the earlier runs' ones) and
    `report.md` (`plexbench.reports.report_md.write_report`).
 
 Files the previous demo drew (listed in `demo.json`) and did not draw again are removed, so
@@ -35,7 +42,9 @@ from plexbench.errors import PlexbenchError
 SUITE = "embedded"
 ZOO_MODELS = ("plex-mini", "det-mini", "plex-mini-fmnist6", "det-mini-fmnist6")
 PRESETS = ("paper", "plexbench")
-STAGES = ("data", "run", "leaderboard", "plots", "report")
+STAGES = ("data", "run", "leaderboard", "plots", "compare", "report")
+DEFAULT_OUT = Path("results") / "demo"  # untracked: the demo never rewrites the committed reference
+REFERENCE = Path("results") / SUITE  # the committed reference result, relative to the repository root
 HISTORY_LIMIT = 20
 
 
@@ -46,7 +55,9 @@ def register(sub) -> None:
                     "leaderboards, the figures and report.md into one results directory. Everything is "
                     "cached: a second run reuses the prepared data, the prediction store and the finished "
                     "task results.")
-    p.add_argument("--out", metavar="DIR", help="results directory (default: results/embedded)")
+    p.add_argument("--out", metavar="DIR", help=f"results directory (default: {DEFAULT_OUT})")
+    p.add_argument("--reference", metavar="DIR",
+                   help="results directory to compare with (default: results/embedded of the plexbench checkout)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--store", metavar="DIR", help=STORE_HELP)
     p.add_argument("--models", default=",".join(ZOO_MODELS), metavar="A,B,...",
@@ -62,7 +73,8 @@ def register(sub) -> None:
 class DemoOptions:
     """What `plexbench demo` takes (flags above); `None` paths mean plexbench.paths defaults."""
 
-    out_dir: Path = Path("results") / SUITE
+    out_dir: Path = DEFAULT_OUT
+    reference_dir: Path | None = None  # None: <repository root>/results/embedded
     data_dir: Path | None = None
     store_dir: Path | None = None
     models: tuple[str, ...] = ZOO_MODELS
@@ -81,6 +93,7 @@ class DemoRecord:
     load_average: float | None
     stages: dict[str, float] = field(default_factory=dict)
     facts: dict = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)  # printed after the stages (the summary of skips)
 
     @property
     def total_s(self) -> float:
@@ -90,6 +103,8 @@ class DemoRecord:
 def run_demo(args) -> int:
     options = options_from_args(args)
     record = demo(options)
+    for line in record.lines:
+        print(line)
     print(summary(record, options.out_dir))
     return 0
 
@@ -103,7 +118,8 @@ def options_from_args(args) -> DemoOptions:
     if args.batch_size < 1:
         raise PlexbenchError(f"--batch-size must be >= 1 (got {args.batch_size})")
     return DemoOptions(
-        out_dir=Path(args.out) if args.out else Path("results") / SUITE,
+        out_dir=Path(args.out) if args.out else DEFAULT_OUT,
+        reference_dir=Path(args.reference) if getattr(args, "reference", None) else None,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         store_dir=Path(args.store) if args.store else None,
         models=models, tasks=_names(args.tasks) or None, limit=args.limit, batch_size=args.batch_size,
@@ -123,9 +139,13 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
     `extra_models`: model sources (plexbench.tasks.sources.ModelSource) run beside `options.models`
     (Python API only, e.g. a model defined in a notebook).
     """
+    from plexbench import fileio, paths
+
     run_options = _run_options(options)
     _, tasks = _load_tasks(run_options)  # unknown suite / --tasks / models fail here, before any work
     _check_models(options.models)
+    fileio.check_output_dir(options.out_dir, "results directory (--out)")
+    paths.store_dir(options.store_dir)
     record = DemoRecord(started=_now(), load_average=_load_average())
     out = Path(options.out_dir)
     previous = _previous_record(out)
@@ -143,6 +163,7 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
                             results_skipped=len(report.skipped))
         say(f"{len(report.computed)} (task, model) results computed, {len(report.reused)} reused, "
             f"{len(report.skipped)} skipped -> {out}")
+        record.lines += runner.skip_summary(report.skipped)
     with _stage(record, "leaderboard") as say:
         written = write_leaderboards(out)
         say("wrote " + ", ".join(p.name for p in written))
@@ -150,8 +171,14 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
         plots, notes = draw_plots(out)
         removed = remove_stale(out, previous.get("plots") or [], plots)
         record.facts["plots"] = plots
-        say(f"{len(plots)} files in {out / 'plots'}" + (f"; {len(notes)} figures not drawn (no data)" if notes else "")
+        record.facts["plot_notes"] = notes
+        say(f"{len(plots)} files in {out / 'plots'}" + (f"; not drawn (no data): {not_drawn(notes)}" if notes else "")
             + (f"; removed {removed} stale files" if removed else ""))
+    with _stage(record, "compare") as say:
+        verdict = compare_with_reference(out, options.reference_dir)
+        record.facts["reproducibility"] = {k: verdict[k] for k in ("compared", "reproduced", "differ", "missing")} \
+            if "compared" in verdict else verdict
+        say(verdict.get("line") or verdict["skipped"])
     _write_demo_json(out, record, options, previous)  # the report shows these timings
     with _stage(record, "report") as say:
         from plexbench.reports.report_md import write_report
@@ -160,6 +187,20 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
         say(f"wrote {path}")
     _write_demo_json(out, record, options, previous)  # now with the report stage
     return record
+
+
+def not_drawn(notes: Sequence[str]) -> str:
+    """Figures not drawn, per model group: notes "group: figure: reason" -> "group: fig1, fig2; ...".
+
+    Example: ["6-class: radar: fewer than 3 axes", "6-class: score vs flops: no model ..."] ->
+    "6-class: radar, score vs flops". The reasons are in demo.json (`plot_notes`).
+    """
+    groups: dict[str, list[str]] = {}
+    for note in notes:
+        group, _, rest = note.partition(": ")
+        figure = rest.partition(": ")[0] or rest
+        groups.setdefault(group, []).append(figure)
+    return "; ".join(f"{g}: {', '.join(dict.fromkeys(f))}" for g, f in groups.items())
 
 
 class _stage:
@@ -262,17 +303,10 @@ def write_leaderboards(out: Path) -> list[Path]:
 def draw_plots(out: Path) -> tuple[list[str], list[str]]:
     """All figures, one `plots/<group>/` folder per model group; returns (relative paths, notes)."""
     from plexbench.reports.plots import plot_results
-    from plexbench.reports.report_md import group_results, model_groups
-    from plexbench.reports.results import load_results
 
-    results = load_results([out])
-    written, notes = [], []
     with _fixed_pdf_date():
-        for group in model_groups(results.long):
-            paths, group_notes = plot_results(group_results(results, group), out / "plots" / group.slug)
-            written += [p.relative_to(out).as_posix() for p in paths]
-            notes += [f"{group.slug}: {n}" for n in group_notes]
-    return written, notes
+        paths, notes = plot_results([out], out / "plots", group_folders=True)
+    return [p.relative_to(out).as_posix() for p in paths], notes
 
 
 @contextlib.contextmanager
@@ -287,6 +321,23 @@ def _fixed_pdf_date():
         yield
     finally:
         os.environ.pop("SOURCE_DATE_EPOCH", None)
+
+
+def compare_with_reference(out: Path, reference: Path | None) -> dict:
+    """The reproducibility verdict of `out` against `reference` (default: the checkout's
+    results/embedded), written to `out/reproducibility.json`; {'skipped': why} when there is none."""
+    from plexbench.paths import repo_root
+    from plexbench.reports import reproducibility as R
+
+    reference = Path(reference) if reference is not None else repo_root() / REFERENCE
+    if not (reference / "metrics_long.csv").is_file():
+        return {"skipped": f"no reference result at {reference}"}
+    if reference.resolve() == Path(out).resolve():
+        (Path(out) / R.FILE_NAME).unlink(missing_ok=True)  # a verdict against itself would say nothing
+        return {"skipped": f"{out} is the reference itself (regenerated, nothing to compare)"}
+    verdict = R.compare(out, reference)
+    R.write_verdict(out, verdict)
+    return {**verdict, "line": R.verdict_line(verdict)}
 
 
 def remove_stale(out: Path, before: Sequence[str], now: Sequence[str]) -> int:
@@ -319,7 +370,7 @@ def _write_demo_json(out: Path, record: DemoRecord, options: DemoOptions, previo
 
     history = [h for h in previous.get("history") or [] if isinstance(h, dict)]
     if previous.get("started"):  # earlier runs keep their timings and facts, not their file lists
-        history.append({k: v for k, v in previous.items() if k not in ("history", "plots")})
+        history.append({k: v for k, v in previous.items() if k not in ("history", "plots", "plot_notes")})
     doc = {
         "started": record.started, "stages": dict(record.stages), "total_s": round(record.total_s, 2),
         "load_average": record.load_average, "load_average_end": _load_average(), "cpu_count": os.cpu_count(),
@@ -338,8 +389,15 @@ def summary(record: DemoRecord, out: Path) -> str:
     rows = [{"stage": s, "seconds": f"{record.stages[s]:.1f}"} for s in STAGES if s in record.stages]
     rows.append({"stage": "total", "seconds": f"{record.total_s:.1f}"})
     load = f" (load average {record.load_average:.2f} at the start)" if record.load_average is not None else ""
+    verdict = record.facts.get("reproducibility") or {}
+    if "compared" in verdict:
+        check = (f"\nreproducibility: {verdict['reproduced']} of {verdict['compared']} reference values "
+                 f"reproduced, {verdict['differ']} differ, {verdict['missing']} not compared "
+                 f"({Path(out) / 'reproducibility.json'})")
+    else:
+        check = f"\nreproducibility: {verdict.get('skipped', 'not checked')}"
     return (format_table(rows) + f"\ndemo finished in {record.total_s:.1f} s{load}; "
-            f"report: {Path(out) / 'report.md'}")
+            f"report: {Path(out) / 'report.md'}" + check)
 
 
 def _now() -> str:

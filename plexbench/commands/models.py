@@ -134,8 +134,9 @@ def run_info(args) -> int:
             print(f"vocabulary: {v['path']} ({v['pieces']:,} pieces + {v['sentinels']} sentinels): "
                   + ", ".join(f"{k} = {i}" for k, i in v["label_tokens"].items()))
     ck = info["checkpoint"]
-    print(f"checkpoint: {ck['path']} (sha256 {ck['sha256'][:16]}...): keys and shapes match the config"
-          if ck else "checkpoint: none given (pass --checkpoint PATH to validate one)")
+    print(f"checkpoint: {ck['path']} (sha256 {ck['sha256'][:16]}...): keys and shapes match the config, every value is finite"
+          if ck else "checkpoint: none given (pass --checkpoint PATH to validate one; the released Plex "
+                     "checkpoints are in gs://plex-paper/, see docs/checkpoints.md)")
     return 0
 
 
@@ -149,9 +150,10 @@ def run_zoo_train(args) -> int:
         raise PlexbenchError(f"--max-steps must be >= 1, got {args.max_steps}")
     from plexbench import paths
 
-    out = args.out or paths.cache_root() / "zoo_weights"
+    from plexbench import fileio
     from plexbench.models.zoo_t5 import T5_RECIPES, train_t5_zoo_model
 
+    out = fileio.check_output_dir(args.out or paths.cache_root() / "zoo_weights", "--out")
     language = args.name in T5_RECIPES
     train = train_t5_zoo_model if language else train_zoo_model
     card = train(args.name, args.data_dir, out, max_steps=args.max_steps)

@@ -21,9 +21,12 @@ def register(sub) -> None:
                        description="Run a model over a dataset split; store per-example per-member logits, "
                                    "pre-logits, labels and ids (reused on a rerun, resumed after an interruption).")
     p.add_argument("--model", required=True,
-                   help="registry model name (plexbench list models) or package.module:function returning "
-                        "(flax_module, params)")
-    p.add_argument("--checkpoint", help="ViT-Plex .npz checkpoint or T5X checkpoint directory (default: the model's zoo weights)")
+                   help="registry model name (plexbench list models) or package.module:function, which is "
+                        "imported (the working directory first) and run, returning (flax_module, params[, info]) "
+                        "(docs/your-model.md)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="ViT-Plex .npz checkpoint or T5X checkpoint directory (default: the model's zoo weights; "
+                        "released ones: gs://plex-paper/, docs/checkpoints.md)")
     p.add_argument("--vocab", metavar="PATH", help="T5 models: the T5 SentencePiece vocabulary "
                    "(cc_all.32000.100extra/sentencepiece.model; or set $PLEXBENCH_T5_VOCAB)")
     p.add_argument("--readout", choices=("average", "paper"), default="average",
@@ -75,8 +78,14 @@ def make_handle(model: str, checkpoint: str | None, *, vocab: str | None = None,
 
 
 def run_predict(args) -> int:
+    from plexbench import fileio, paths
     from plexbench.inference import predict
 
+    # Where results go is checked before anything is computed. The store may be read-only when
+    # everything is in it already: a write into it fails at the entry lock, before computing.
+    if args.out:
+        fileio.check_output_file(args.out, "--out")
+    paths.store_dir(args.store)
     handle = make_handle(args.model, args.checkpoint, vocab=args.vocab, readout=args.readout)
     entry = predict(handle, args.dataset, args.split, data_dir=args.data_dir, store_dir=args.store,
                     batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,
@@ -102,6 +111,9 @@ def run_store_export(args) -> int:
     from plexbench import paths
     from plexbench.inference.store import find_entry
 
+    from plexbench import fileio
+
+    fileio.check_output_file(args.out, "--out")
     entry = find_entry(paths.store_dir(args.store), args.key)
     print(f"wrote {entry.export(args.out)}")
     return 0
@@ -113,8 +125,7 @@ def run_store_verify(args) -> int:
     from plexbench.inference import store as st
 
     root = paths.store_dir(args.store)
-    entries = [st.find_entry(root, args.key)] if args.key else [st.StoreEntry(p) for p in sorted(root.glob("*"))
-                                                                 if (p / st.MANIFEST).is_file()]
+    entries = [st.find_entry(root, args.key)] if args.key else st.all_entries(root)
     bad = 0
     for entry in entries:
         records = [r for r in entry.manifest["chunks"] if r is not None]

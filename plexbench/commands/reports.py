@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plexbench.errors import PlexbenchError
+from plexbench.errors import PlexbenchError, shown
 
 
 def register(sub) -> None:
@@ -54,37 +54,47 @@ def parse_num_classes(items: list[str]) -> dict[str, int]:
     for item in items:
         name, sep, k = item.partition("=")
         if not sep or not name or not k.strip().isdigit() or int(k) < 2:
-            raise PlexbenchError(f"bad --num-classes '{item}': expected DATASET=K with an integer K >= 2")
+            raise PlexbenchError(f"bad --num-classes {shown(item)}: expected DATASET=K with an integer K >= 2")
         out[name.strip()] = int(k)
     return out
 
 
 def run_leaderboard(args) -> int:
+    from plexbench import fileio
     from plexbench.reports.leaderboard import build_leaderboard, write_leaderboard
     from plexbench.table import format_table
 
+    out = Path(args.out) if args.out else Path(args.results_dirs[0]) / f"leaderboard_{args.preset}.csv"
+    fileio.check_output_file(out, "--out" if args.out else "leaderboard file")
     lb = build_leaderboard(args.results_dirs, preset=args.preset, baseline=args.baseline,
                            num_classes=parse_num_classes(args.num_classes), include=args.include,
                            exclude=args.exclude, with_paper=not args.no_paper)
-    out = Path(args.out) if args.out else Path(args.results_dirs[0]) / f"leaderboard_{args.preset}.csv"
     paths = write_leaderboard(lb, out)
+    several = len(lb.groups) > 1
     shown = [c for c in lb.wide.columns if c in ("model", "score_x100", "score_ci_low_x100", "score_ci_high_x100",
-                                                "best", "mean_rank", "n_missing") or c.endswith("_score_x100")]
+                                                "best", "mean_rank", "n_missing") or c.endswith("_score_x100")
+             or (several and c == "group")]
     print(format_table(lb.wide[lb.wide["kind"] == "run"][shown].to_dict("records")))
-    if lb.score.missing:
-        print(f"models with missing columns: {', '.join(f'{m} ({len(c)})' for m, c in lb.score.missing.items())} "
-              f"(listed in {paths['json'].name})")
+    if several:
+        print(f"scored within {len(lb.groups)} groups of models with the same number of classes: "
+              + "; ".join(f"{g.title}: {', '.join(g.models)}" for g, _ in lb.groups))
+    for model, note in (lb.notes or {}).items():
+        print(f"{model}: {note}")
+    if lb.notes:
+        print(f"(missing columns are listed in {paths['json'].name})")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
 def run_plot(args) -> int:
+    from plexbench import fileio
     from plexbench.reports.plots import plot_paper_figures, plot_results
 
     if not args.results_dirs and not args.paper_figures:
         raise PlexbenchError("give a RESULTS_DIR, or --paper-figures to draw the paper's figures")
     default = Path(args.results_dirs[0]) / "plots" if args.results_dirs else Path("paper_figures")
     out = Path(args.out) if args.out else default
+    fileio.check_output_dir(out, "--out" if args.out else "plots directory")
     written, notes = [], []
     if args.results_dirs:
         written, notes = plot_results(args.results_dirs, out, radar_axes=args.radar_axes, preset=args.preset,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from plexbench.commands import DATA_DIR_HELP, STORE_HELP
-from plexbench.errors import PlexbenchError
+from plexbench.errors import PlexbenchError, shown
 
 
 def register(sub) -> None:
@@ -22,14 +22,19 @@ def register(sub) -> None:
     p.add_argument("--models", default="", metavar="A,B,...",
                    help="registered model names (see `plexbench list models`)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
-                   help="weights for a model of --models (repeatable)")
+                   help="weights for the model NAME of --models (repeatable); released Plex checkpoints: "
+                        "gs://plex-paper/ (docs/checkpoints.md)")
     p.add_argument("--model", action="append", default=[], metavar="MODULE:FUNCTION", dest="callables",
-                   help="a user model: FUNCTION() returns (flax_module, params[, info]) (repeatable)")
+                   help="a user model: imports MODULE (the working directory first) and runs FUNCTION(), which "
+                        "returns (flax_module, params[, info]); the module gets float32 (B,H,W,3) images "
+                        "(docs/your-model.md) (repeatable)")
     p.add_argument("--predictions", action="append", default=[], metavar="NAME=DIR_OR_FILES",
                    help="a model given by prediction files <dataset>__<split>.npz (format v1; repeatable)")
     p.add_argument("--tasks", default="", metavar="T1,T2,...", help="run only these tasks of the suite")
     p.add_argument("--out", metavar="DIR", help="results directory (default: results/<suite>)")
-    p.add_argument("--dry-run", action="store_true", help="list the tasks and the missing datasets; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the tasks, the missing datasets and which tasks each model runs (unknown model "
+                        "names are errors); run nothing")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--tasks-dir", help="tasks directory (default: $PLEXBENCH_TASKS_DIR or <repo>/tasks)")
@@ -55,9 +60,9 @@ def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip() or not value.strip():
-            raise PlexbenchError(f"bad {flag} '{item}': expected NAME=VALUE")
+            raise PlexbenchError(f"bad {flag} {shown(item)}: expected NAME=VALUE")
         if name.strip() in out:
-            raise PlexbenchError(f"{flag} given twice for '{name.strip()}'")
+            raise PlexbenchError(f"{flag} given twice for {shown(name.strip())}")
         out[name.strip()] = value.strip()
     return out
 
@@ -103,6 +108,8 @@ def run_command(args) -> int:
     report = runner.run(options)
     print(f"results in {report.out_dir}: {len(report.computed)} computed, {len(report.reused)} reused, "
           f"{len(report.skipped)} skipped (task, model) pairs")
+    for line in runner.skip_summary(report.skipped):
+        print(line)
     print(summary_line("run", len(report.computed) + len(report.reused), report.seconds, "task results"))
     return 0
 

@@ -55,7 +55,7 @@ def _json_number(value: float):
 
 
 def _table(values: dict[str, float]) -> str:
-    from plexbench.metrics.direction import direction
+    from plexbench.metrics.vocabulary import direction
     from plexbench.table import format_table
 
     rows = []

@@ -74,12 +74,6 @@ def _builder_at(folder: str):
     return tfds.builder_from_directory(folder)
 
 
-def open_builder(name: str, data_dir=None):
-    """The read-only TFDS builder of the prepared dataset `name` (cached per folder)."""
-    _, folder = locate(name, data_dir)
-    return _builder_at(str(folder))
-
-
 def resolve_split(info: DatasetInfo, split: str) -> str:
     """A role -> its TFDS split string (registry); anything else is returned unchanged."""
     if not isinstance(split, str) or not split.strip():

@@ -6,6 +6,16 @@
 - Any other dataset goes through TFDS's own builder (`tfds.builder(tfds_name)`), which downloads
   it, or reads the manual files from `manual_dir` (ImageNet and its variants).
 
+Downloads need the network: before TFDS starts (and would retry for minutes, printing urllib3
+warnings), the hosts it would download from (its GCS mirror and the builder's registered URLs, or
+through the $HTTPS_PROXY / $HTTP_PROXY proxy when one is set) are asked for an HTTP answer with a
+few seconds' timeout; when none answers, a one-line error says so. Builders with manual downloads (ImageNet) are not probed.
+
+Output: TFDS's own messages ("Downloading and preparing dataset Unknown size ...", its progress
+bars, absl INFO logs) never appear for plexbench's embedded builders, which download nothing;
+for TFDS downloads they go to stderr (nowhere with PLEXBENCH_QUIET=1), urllib3's retry warnings
+nowhere.
+
 A dataset already prepared (see `registry.version_dir`) is left alone: `prepare` returns False and
 opens no file in the data dir. Concurrent calls are serialised by a lock file per dataset, taken
 only when there is work to do (lock files live in `<data_dir>/.plexbench-locks/`).
@@ -13,14 +23,18 @@ only when there is work to do (lock files live in `<data_dir>/.plexbench-locks/`
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import importlib
+import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 from plexbench import paths
 from plexbench.data.registry import DatasetInfo, get_dataset, not_prepared_message, version_dir
@@ -41,6 +55,9 @@ def prepare(name: str, data_dir=None, *, manual_dir=None) -> bool:
         did_work |= prepare(required, data_dir, manual_dir=manual_dir)
     if version_dir(info, data_dir) is not None:
         return did_work
+    from plexbench.fileio import check_output_dir
+
+    check_output_dir(data_dir, "data dir")
     data_dir.mkdir(parents=True, exist_ok=True)
     with _lock(data_dir, info):
         if version_dir(info, data_dir) is not None:  # another process finished it meanwhile
@@ -94,7 +111,7 @@ def _prepare_with_plexbench_builder(info: DatasetInfo, data_dir: Path) -> None:
     # Embedded builders download nothing: keep TFDS's download folder out of the data dir.
     scratch = tempfile.mkdtemp(prefix="plexbench-prepare-")
     try:
-        with _quiet_tfds():
+        with _quiet_tfds(silent=True):
             builder.download_and_prepare(
                 download_dir=scratch,
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False))
@@ -109,6 +126,8 @@ def _prepare_with_tfds(info: DatasetInfo, data_dir: Path, manual_dir) -> None:
     config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
     try:
         builder = tfds.builder(info.tfds_name, data_dir=str(data_dir))
+        if not getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+            check_network(info, _download_hosts(builder))
         with _quiet_tfds():
             builder.download_and_prepare(download_config=config)
     except PlexbenchError:
@@ -136,18 +155,90 @@ def _lock(data_dir: Path, info: DatasetInfo):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# TFDS's mirror of every dataset it knows (tried before a dataset's own URLs).
+TFDS_MIRROR_HOST = "storage.googleapis.com"
+PROBE_TIMEOUT_S = 4.0
+
+
+def _download_hosts(builder) -> list[str]:
+    """Hosts TFDS would download `builder`'s files from: its mirror and the registered URLs."""
+    urls = getattr(builder, "url_infos", None) or {}
+    hosts = [TFDS_MIRROR_HOST] + [urlparse(u).hostname for u in urls]
+    return list(dict.fromkeys(h for h in hosts if h))
+
+
+def check_network(info: DatasetInfo, hosts: list[str], timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise PlexbenchError (one line) when none of `hosts` answers an HTTP request within
+    `timeout` seconds (through the proxy of $HTTPS_PROXY / $HTTP_PROXY when one is set).
+
+    The probe is a `HEAD /` over plain HTTP (port 80) whose answer must start with `HTTP/`: a name
+    that does not resolve, a refused or silently accepted connection (some firewalls accept every
+    connection and send nothing) all count as no network. Hosts are probed in parallel, so offline
+    this takes at most `timeout` seconds.
+    """
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+                  if os.environ.get(v)), None)
+    hosts = [h for h in hosts if h]
+    if not hosts:
+        return
+    via = (urlparse(proxy).hostname, urlparse(proxy).port or 80) if proxy else None
+    pool = concurrent.futures.ThreadPoolExecutor(len(hosts))
+    futures = [pool.submit(_http_answer, host, via, timeout) for host in hosts]
+    done, _ = concurrent.futures.wait(futures, timeout=timeout + 1)
+    pool.shutdown(wait=False, cancel_futures=True)  # a lookup stuck in the resolver is not waited for
+    errors = [f.result() for f in done]
+    if any(e is None for e in errors):
+        return
+    why = next((e for e in errors if e), "no answer")
+    where = ", ".join(hosts[:3]) + (f" through the proxy {via[0]}:{via[1]}" if via else "")
+    folder = info.tfds_name.split("/")[0]
+    raise PlexbenchError(f"no network: cannot reach {where} ({why}); preparing '{info.name}' downloads it "
+                         f"through TFDS: prepare it where there is internet, then copy its folder "
+                         f"<data dir>/{folder} into this data dir")
+
+
+def _http_answer(host: str, via: tuple[str, int] | None, timeout: float) -> str | None:
+    """None if `HEAD http://host/` gets an HTTP answer within `timeout` s (directly, or through the
+    proxy `via`), else the reason."""
+    target = via or (host, 80)
+    request = (f"HEAD http://{host}/ HTTP/1.0\r\n" if via else "HEAD / HTTP/1.0\r\n") + f"Host: {host}\r\n\r\n"
+    try:
+        with socket.create_connection(target, timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(request.encode("ascii"))
+            answer = conn.recv(5)
+    except socket.gaierror:
+        return f"cannot resolve {target[0]}"
+    except TimeoutError:
+        return f"{target[0]} did not answer"
+    except OSError as e:
+        return f"{target[0]}: {e.strerror or type(e).__name__}"
+    return None if answer.startswith(b"HTTP/") else f"{target[0]} did not answer"
+
+
 @contextlib.contextmanager
-def _quiet_tfds():
-    """Keep stdout for plexbench's own summary: TFDS's chatter goes to stderr (nowhere if PLEXBENCH_QUIET=1)."""
+def _quiet_tfds(silent: bool = False):
+    """Keep stdout for plexbench's own summary. TFDS's chatter goes to stderr, or nowhere when
+    `silent` (plexbench's own builders: "Downloading and preparing dataset Unknown size" would be
+    wrong) or PLEXBENCH_QUIET=1. absl INFO logs and urllib3 retry warnings are off either way."""
     import tensorflow_datasets as tfds
 
-    quiet = os.environ.get("PLEXBENCH_QUIET") == "1"
-    if quiet:
+    env_quiet = os.environ.get("PLEXBENCH_QUIET") == "1"
+    silent = silent or env_quiet
+    if silent:
         tfds.disable_progress_bar()
-    target = open(os.devnull, "w") if quiet else sys.stderr
+    loggers = {name: logging.getLogger(name) for name in ("absl", "urllib3", "tensorflow")}
+    levels = {name: log.level for name, log in loggers.items()}
+    for name, log in loggers.items():
+        log.setLevel(logging.ERROR if name == "urllib3" or silent else logging.WARNING)
+    target = open(os.devnull, "w") if silent else sys.stderr
     try:
         with contextlib.redirect_stdout(target):
             yield
     finally:
-        if quiet:
+        for name, log in loggers.items():
+            log.setLevel(levels[name])
+        if silent:
+            if not env_quiet:
+                tfds.enable_progress_bar()
             target.close()

@@ -36,7 +36,6 @@ Nothing here imports TensorFlow: `is_available` and `list_rows` only look at the
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from dataclasses import dataclass, field
@@ -45,8 +44,8 @@ from types import MappingProxyType
 from typing import Mapping
 
 from plexbench import paths
-from plexbench.errors import PlexbenchError
-from plexbench.registry import Registry
+from plexbench.errors import PlexbenchError, shown
+from plexbench.registry import Registry, close_names
 
 ROLES = ("train", "validation", "test")
 
@@ -179,9 +178,9 @@ def get_dataset(name: str) -> DatasetInfo:
 def _unknown_message(name: str) -> str:
     """"unknown dataset" with close matches among all names; families listed once as `family/*`."""
     compact = [n for n in DATASETS.names() if DATASETS.get(n).family is None] + [f"{f}/*" for f in FAMILIES]
-    close = difflib.get_close_matches(str(name), DATASETS.names() + list(FAMILIES), n=3, cutoff=0.6)
+    close = close_names(str(name), DATASETS.names() + list(FAMILIES))
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown dataset '{name}'{hint} (available: {', '.join(sorted(compact))})"
+    return f"unknown dataset {shown(str(name), 80)}{hint} (available: {', '.join(sorted(compact))})"
 
 
 def expand_names(patterns: list[str] | tuple[str, ...]) -> list[str]:

@@ -25,10 +25,13 @@ from typing import Any, Callable
 import numpy as np
 
 from plexbench import fileio
-from plexbench.errors import PlexbenchError
+from plexbench.errors import PlexbenchError, shown
 from plexbench.inference.store import EXTRA_OUTPUTS  # (E, B) outputs carried beside the logits
 
 ApplyFn = Callable[[Any, Any, Any], dict]
+
+# Where weights come from, said whenever a model has none (spec §1 lists the released files).
+CHECKPOINT_HINT = ("pass --checkpoint PATH to `predict` or `model info`, --checkpoint NAME=PATH to `run`; the released Plex checkpoints are in gs://plex-paper/ (`gsutil cp gs://plex-paper/FILE.npz .`, see docs/checkpoints.md)")
 
 
 class ModelHandle:
@@ -167,11 +170,11 @@ def handle_from_registry(name: str, checkpoint: str | Path | None = None, *, rea
         return _t5_from_registry(entry, checkpoint, readout, vocab)
     path = Path(checkpoint) if checkpoint is not None else entry.checkpoint
     if path is None:
-        raise PlexbenchError(f"model '{name}' has no bundled weights; pass --checkpoint PATH")
+        raise PlexbenchError(f"model '{name}' has no bundled weights; " + CHECKPOINT_HINT)
     path = Path(path).expanduser()
     if not path.is_file():
         if checkpoint is None:
-            raise PlexbenchError(f"the weights of model '{name}' are missing: {path} (pass --checkpoint PATH)")
+            raise PlexbenchError(f"the weights of model '{name}' are missing: {path}; " + CHECKPOINT_HINT)
         raise PlexbenchError(f"checkpoint not found: {path}")
     config = entry.config
     identity = {"kind": "registry", "config": config.to_dict(), "checkpoint_sha256": fileio.sha256_file(path)}
@@ -377,7 +380,7 @@ def handle_from_callable(spec: str) -> ModelHandle:
 
 def _import_callable(spec: str) -> Callable:
     if spec.count(":") != 1:
-        raise PlexbenchError(f"--model '{spec}' is not a registered model nor of the form package.module:function")
+        raise PlexbenchError(f"--model {shown(spec)} is not a registered model nor of the form package.module:function")
     module_name, attr = spec.split(":")
     # A module beside the working directory is found like `python -m` would find it.
     if "" not in sys.path:
@@ -385,10 +388,10 @@ def _import_callable(spec: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise PlexbenchError(f"--model {spec}: cannot import module '{module_name}' ({e})") from None
+        raise PlexbenchError(f"--model {shown(spec)}: cannot import module {shown(module_name)} ({e})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise PlexbenchError(f"--model {spec}: module '{module_name}' has no callable '{attr}'")
+        raise PlexbenchError(f"--model {shown(spec)}: module {shown(module_name)} has no callable {shown(attr)}")
     return fn
 
 

@@ -43,6 +43,8 @@ class DataSource:
     process's share only. Every process must yield the same number of batches (padding batches
     with mask False where its share is shorter); `equal_steps` enforces it.
     `preprocess` (spec string) and `fingerprint` (content hash of the split) go into store keys.
+    `input_shape`: (H, W, 3) of one preprocessed image when known beforehand (it sizes the batch
+    check of `check_batch_size`), else None.
     Text sources yield `tokens` int32 (b, L) instead of `image`, and `tokenizer_sha256` (the
     vocabulary that made the tokens) goes into the store key too.
     """
@@ -53,6 +55,7 @@ class DataSource:
     fingerprint: str
     preprocess: str
     batches: BatchesFn
+    input_shape: tuple[int, ...] | None = None
     tokenizer_sha256: str | None = None
 
 
@@ -74,7 +77,21 @@ def tfds_source(dataset: str, split: str, *, preprocess: str | None, data_dir=No
             start=start, stop=stop)
 
     fingerprint = load.dataset_fingerprint(dataset, split, data_dir)
-    return DataSource(dataset, split, n, fingerprint, spec, batches)
+    return DataSource(dataset, split, n, fingerprint, spec, batches, _preprocessed_shape(info.image_shape, spec))
+
+
+def _preprocessed_shape(image_shape, spec: str) -> tuple[int, ...] | None:
+    """Shape of one image after `spec`, found by preprocessing a black image of the stored size
+    (None when the stored size varies, e.g. ImageNet, and the spec does not fix it)."""
+    from plexbench.data.preprocess import parse
+
+    h, w, c = image_shape
+    probe = [(h, w)] if h and w else [(300, 500), (500, 300)]  # two aspects: a fixed output size agrees
+    try:
+        shapes = {parse(spec)(np.zeros((1, ph, pw, c), np.uint8)).shape[1:] for ph, pw in probe}
+    except Exception:  # noqa: BLE001 - a size estimate only; the real batches report any problem
+        return None
+    return shapes.pop() if len(shapes) == 1 else None
 
 
 def array_source(dataset: str, split: str, images: np.ndarray, labels: np.ndarray, *,
@@ -100,7 +117,7 @@ def array_source(dataset: str, split: str, images: np.ndarray, labels: np.ndarra
                 yield {"image": images[lo:hi], "label": labels[lo:hi], "id": np.arange(lo, hi),
                        "mask": np.ones(hi - lo, bool)}
 
-    return DataSource(dataset, split, len(images), fingerprint, preprocess, batches)
+    return DataSource(dataset, split, len(images), fingerprint, preprocess, batches, tuple(images.shape[1:]))
 
 
 def text_source(dataset: str, split: str, *, preprocess: str | None, data_dir=None) -> DataSource:
@@ -123,7 +140,7 @@ def text_source(dataset: str, split: str, *, preprocess: str | None, data_dir=No
                             process_index=process_index, process_count=process_count, start=start, stop=stop)
 
     return DataSource(dataset, split, n, text.text_fingerprint(dataset, split, data_dir), preprocess, batches,
-                      tokenizer_sha256=prep.tokenizer_sha256)
+                      input_shape=(prep.length,), tokenizer_sha256=prep.tokenizer_sha256)
 
 
 def token_source(dataset: str, split: str, tokens: np.ndarray, labels: np.ndarray, *,
@@ -146,7 +163,8 @@ def token_source(dataset: str, split: str, tokens: np.ndarray, labels: np.ndarra
                 yield {"tokens": tokens[lo:hi], "label": labels[lo:hi], "id": np.arange(lo, hi),
                        "mask": np.ones(hi - lo, bool)}
 
-    return DataSource(dataset, split, len(tokens), fingerprint, preprocess, batches, tokenizer_sha256=tokenizer_sha256)
+    return DataSource(dataset, split, len(tokens), fingerprint, preprocess, batches, input_shape=tuple(tokens.shape[1:]),
+                      tokenizer_sha256=tokenizer_sha256)
 
 
 def key_fields(handle: ModelHandle, source: DataSource, *, dtype: str, seed: int) -> dict:
@@ -199,6 +217,7 @@ def predict(handle: ModelHandle, dataset: str, split: str, *, data_dir=None, sto
     started = time.perf_counter()
     if source is None:
         source = tfds_source(dataset, split, preprocess=handle.preprocess, data_dir=data_dir)
+    batch_size = check_batch_size(batch_size, source)
     fields = key_fields(handle, source, dtype=dtype, seed=seed)
     key = st.entry_key(fields)
     path = st.entry_dir(paths.store_dir(store_dir), key)
@@ -229,6 +248,39 @@ def predict(handle: ModelHandle, dataset: str, split: str, *, data_dir=None, sto
     return st.StoreEntry(path, manifest)
 
 
+# Batches of inputs alive at once during inference: the pipeline's current batch, its prefetch
+# queue (2), the engine's device copy; outputs are small beside them. A deliberate overestimate.
+BATCHES_IN_MEMORY = 4
+
+
+def check_batch_size(batch_size: int, source: DataSource, available: int | None = None) -> int:
+    """The batch size to use for `source`: `batch_size`, at most the split's example count.
+
+    A batch larger than the split would only be padding (outputs do not depend on the batch
+    size, so the store key does not change). Then, when the input shape is known, the memory of
+    BATCHES_IN_MEMORY batches of float32 inputs must fit in `available` bytes (default
+    `fileio.available_memory()`), else PlexbenchError saying which batch size fits. Example:
+    batch 100,000,000 on Fashion-MNIST test (10,000 examples) -> 10,000; batch 4,096 of
+    384x384x3 images -> 4 x 7.0 GiB, an error on a machine with 16 GiB free.
+    """
+    from plexbench import fileio
+
+    batch_size = min(int(batch_size), max(1, int(source.num_examples)))
+    if source.input_shape is None:
+        return batch_size
+    row = 4 * int(np.prod(source.input_shape))
+    available = fileio.available_memory() if available is None else available
+    need = BATCHES_IN_MEMORY * batch_size * row
+    if available is not None and need > available:
+        fits = max(1, available // (BATCHES_IN_MEMORY * row))
+        fits = 2 ** int(np.log2(fits))
+        raise PlexbenchError(
+            f"batch size {batch_size:,} needs about {fileio.human_bytes(need)} for {BATCHES_IN_MEMORY} batches of "
+            f"{'x'.join(map(str, source.input_shape))} float32 inputs, more than the {fileio.human_bytes(available)} "
+            f"of memory available; use --batch-size {fits} or less")
+    return batch_size
+
+
 def predict_many(requests: Iterable[tuple[ModelHandle, str, str]], **options) -> list[st.StoreEntry]:
     """`predict` for each (handle, dataset, split), in order, with the same keyword options.
 
@@ -241,7 +293,7 @@ def predict_many(requests: Iterable[tuple[ModelHandle, str, str]], **options) ->
 
 def _say(verbose: bool, line: str) -> None:
     if verbose:
-        print(line, file=sys.stderr)
+        progress.note(line)  # under `plexbench run`'s overall display: shown as its current work
 
 
 def _processes() -> tuple[int, int]:
@@ -312,7 +364,7 @@ class _Run:
         damaged = [i for i in missing if manifest["chunks"][i] is not None
                    and not st.chunk_is_valid(self.path, manifest["chunks"][i], False)]
         if damaged:
-            _say(True, f"plexbench: {len(damaged)} damaged chunk(s) of {self.path} (checksum mismatch or unreadable); recomputing them")
+            progress.warn(f"plexbench: {len(damaged)} damaged chunk(s) of {self.path} (checksum mismatch or unreadable); recomputing them")
 
     def _compute(self, manifest: dict, missing: list[int]) -> int:
         engine = engine_for(self.handle, dtype=self.dtype, seed=self.seed, with_pre_logits=self.with_pre_logits)

@@ -19,6 +19,12 @@ Chunk c holds the examples with ids [c*C, min(N, (c+1)*C)) in id order:
 datasets with soft labels, and the model's extra outputs float32 (E, n) when it returns any
 (`gp_variance` of an SNGP head; listed in the manifest as `extras`).
 
+Keys are 64 lower-case hex digits; a key (or prefix) given by a user is checked to be hex before
+it names a directory, so no key reaches outside the store. A manifest's chunk records are checked
+when it is read (file `chunk-NNNNNN.npz` of its own index, ranges, sizes, hashes), so no `file`
+field names a path outside its entry. Outputs that are not finite (NaN, inf) are never stored:
+`write_chunk` refuses them with a one-line error naming the model, data and first example.
+
 Integrity. Every file is written to a temporary name and renamed (plexbench.fileio). The manifest
 is rewritten after each chunk and records each chunk's byte size and sha256; a chunk is valid only
 if its file exists with that size and hash. So an interrupted run leaves a manifest listing only
@@ -35,6 +41,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -43,7 +50,7 @@ from typing import Iterator
 import numpy as np
 
 from plexbench import OUTPUT_FORMAT_VERSION, fileio
-from plexbench.errors import PlexbenchError
+from plexbench.errors import PlexbenchError, shown
 
 STORE_FORMAT = "plexbench-prediction-store"
 LAYOUT_VERSION = 1
@@ -54,6 +61,9 @@ CHUNK_BYTES = 64 * 2**20
 # Per-member, per-example outputs (E, B) a model may return besides logits and pre-logits; the
 # engine and the store carry them along (the SNGP head's predictive variance).
 EXTRA_OUTPUTS = ("gp_variance",)
+KEY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"^[0-9a-f]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def entry_key(key_fields: dict) -> str:
@@ -133,7 +143,34 @@ def read_manifest(path: str | os.PathLike, key: str | None = None) -> dict | Non
     chunks = manifest.get("chunks")
     if not isinstance(chunks, list) or len(chunks) != manifest.get("num_chunks"):
         raise PlexbenchError(f"corrupt store entry: {file} has a bad chunk list; delete {path} to recompute it")
+    problem = _chunk_list_problem(manifest)
+    if problem:
+        raise PlexbenchError(f"corrupt store entry: {file}: {problem}; delete {path} to recompute it")
     return manifest
+
+
+def _chunk_list_problem(manifest: dict) -> str:
+    """'' when every chunk record is None or exactly what write_chunk writes for its index, else why not.
+
+    A record's `file` must be `chunk_name(index)`: a plain name inside the entry, never a path."""
+    n, size = manifest.get("num_examples"), manifest.get("chunk_size")
+    if not (isinstance(n, int) and isinstance(size, int) and n >= 0 and size >= 1):
+        return "bad num_examples or chunk_size"
+    ranges = chunk_ranges(n, size)
+    if len(ranges) != len(manifest["chunks"]):
+        return f"{len(manifest['chunks'])} chunk records for {len(ranges)} chunks"
+    for i, rec in enumerate(manifest["chunks"]):
+        if rec is None:
+            continue
+        if not isinstance(rec, dict) or rec.get("file") != chunk_name(i):
+            got = rec.get("file") if isinstance(rec, dict) else rec
+            return f"chunk record {i} names file {shown(got, 80)}, expected {chunk_name(i)}"
+        if (rec.get("start"), rec.get("stop")) != ranges[i]:
+            return f"chunk record {i} covers ids [{rec.get('start')}, {rec.get('stop')}), expected {list(ranges[i])}"
+        if not isinstance(rec.get("bytes"), int) or not isinstance(rec.get("sha256"), str) \
+                or not _SHA256.match(rec["sha256"]):
+            return f"chunk record {i} has a bad size or sha256"
+    return ""
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
@@ -189,6 +226,7 @@ def write_chunk(path: str | os.PathLike, manifest: dict, index: int, arrays: dic
     ids = arrays["ids"]
     if len(ids) != stop - start or not np.array_equal(ids, np.arange(start, stop)):
         raise RuntimeError(f"chunk {index} must hold ids [{start}, {stop}) in order")
+    check_finite_outputs(manifest, arrays)
     data = encode_chunk(arrays)
     name = chunk_name(index)
     with _disk_full_is_user_error(Path(path) / name):
@@ -214,6 +252,28 @@ def write_chunk(path: str | os.PathLike, manifest: dict, index: int, arrays: dic
     }
     with _disk_full_is_user_error(Path(path) / MANIFEST):
         write_manifest(path, manifest)
+
+
+def check_finite_outputs(manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Raise PlexbenchError when `logits` or `pre_logits` of a chunk hold NaN or inf.
+
+    A model with NaN/inf weights, or one that overflows, would otherwise put numbers in the store
+    that every later metric reads as if they were predictions. The message names the model, the
+    data, how many values and the first example id affected; nothing of the chunk is stored.
+    """
+    for name in ("logits", "pre_logits"):
+        value = arrays.get(name)
+        if value is None:
+            continue
+        bad = ~np.isfinite(value)
+        if bad.any():
+            # (E, n, K|D): example rows along axis 1
+            rows = np.flatnonzero(bad.any(axis=(0, 2)) if bad.ndim == 3 else bad.reshape(len(bad), -1).any(axis=1))
+            first = int(arrays["ids"][rows[0]])
+            raise PlexbenchError(
+                f"model {shown(manifest.get('model', '?'), 80)} gave {int(bad.sum()):,} non-finite {name} values "
+                f"(NaN or inf) on {manifest.get('dataset', '?')}/{manifest.get('split', '?')}, first at example id "
+                f"{first}; nothing is stored for them (check the weights: `plexbench model info NAME --checkpoint PATH`)")
 
 
 @contextlib.contextmanager
@@ -246,7 +306,10 @@ def read_chunk(path: str | os.PathLike, record: dict) -> dict[str, np.ndarray]:
 
 @contextlib.contextmanager
 def entry_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Exclusive fcntl lock on `<entry>/.lock`; waits (saying so on stderr) while another process holds it."""
+    """Exclusive fcntl lock on `<entry>/.lock`; waits (saying so on stderr) while another process holds it.
+
+    Holding it, the temporary files an interrupted writer left in the entry are removed (only
+    the lock holder writes there)."""
     Path(path).mkdir(parents=True, exist_ok=True)
     with open(Path(path) / LOCK, "a+b") as f:
         try:
@@ -254,6 +317,7 @@ def entry_lock(path: str | os.PathLike) -> Iterator[None]:
         except BlockingIOError:
             print(f"plexbench: waiting for another process writing {path}", file=sys.stderr)
             fcntl.flock(f, fcntl.LOCK_EX)
+        fileio.remove_stale_temp_files(path, recursive=False)
         try:
             yield
         finally:
@@ -350,13 +414,23 @@ class StoreEntry:
         return f"StoreEntry({m.get('model')!r}, {m.get('dataset')}/{m.get('split')}, N={m.get('num_examples')}, key={self.key[:12]})"
 
 
+def entry_paths(store_dir: str | os.PathLike) -> list[Path]:
+    """The entry directories of a store: its sub-directories named by a key (64 hex digits)."""
+    root = Path(store_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if KEY_PATTERN.match(p.name) and p.is_dir())
+
+
+def all_entries(store_dir: str | os.PathLike) -> list["StoreEntry"]:
+    """Every entry of the store that has a manifest."""
+    return [StoreEntry(p) for p in entry_paths(store_dir) if (p / MANIFEST).is_file()]
+
+
 def list_entries(store_dir: str | os.PathLike) -> list[dict]:
     """One row per entry under `store_dir` (unreadable manifests reported, not raised)."""
     rows = []
-    root = Path(store_dir)
-    if not root.is_dir():
-        return rows
-    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+    for path in entry_paths(store_dir):
         try:
             m = read_manifest(path)
         except PlexbenchError as e:
@@ -387,10 +461,20 @@ def _human_bytes(n: int) -> str:
 
 
 def find_entry(store_dir: str | os.PathLike, key_prefix: str) -> StoreEntry:
-    """The entry whose key starts with `key_prefix` (at least 4 hex digits, unambiguous)."""
+    """The entry whose key starts with `key_prefix` (4 to 64 hex digits, unambiguous).
+
+    The prefix is checked to be hex before it is compared with anything, and only directory
+    names that are whole keys are compared: no key reaches outside the store (`../x`), and glob
+    characters (`*`, `?`, `[`) are plain errors.
+    """
     root = Path(store_dir)
-    matches = sorted(p for p in root.glob(f"{key_prefix}*") if p.is_dir()) if len(key_prefix) >= 4 else []
+    prefix = key_prefix.strip().lower()
+    if not (4 <= len(prefix) <= 64 and _HEX.match(prefix)):
+        raise PlexbenchError(f"bad store key {shown(key_prefix, 80)}: give 4 to 64 hex digits (0-9, a-f) of a "
+                             "key from 'plexbench store ls'")
+    matches = [p for p in entry_paths(root) if p.name.startswith(prefix)]
     if len(matches) != 1:
         what = "no" if not matches else f"{len(matches)}"
-        raise PlexbenchError(f"{what} store entries under {root} match key '{key_prefix}' (give at least 4 hex digits of a key from 'plexbench store ls')")
+        raise PlexbenchError(f"{what} store entries under {root} match key '{prefix}' "
+                             f"({'give more hex digits of' if matches else 'see'} the keys of 'plexbench store ls')")
     return StoreEntry(matches[0])

@@ -4,7 +4,7 @@ Metric functions take `(y_true, y_proba | y_score, *, options)` and return a Pyt
 options are keyword-only. Importing this package imports numpy only (no TensorFlow, no
 JAX). Submodules: classification, selective, ensemble, ood, label_uncertainty,
 subpopulation, bootstrap, predictions (file format v1), scoreset (`plexbench score`),
-direction (which way is better).
+vocabulary (every metric's declared facts: direction, category, range, normalisations).
 """
 
 from plexbench.metrics._checks import UndefinedMetricWarning
@@ -20,7 +20,7 @@ from plexbench.metrics.classification import (
     reliability_diagram,
     rms_calibration_error,
 )
-from plexbench.metrics.direction import direction
+from plexbench.metrics.vocabulary import direction, metric_info
 from plexbench.metrics.ensemble import disagreement, ensemble_log_probs, mean_pairwise_kl
 from plexbench.metrics.label_uncertainty import ged, soft_cross_entropy
 from plexbench.metrics.ood import (
@@ -51,6 +51,7 @@ __all__ = [
     "calib_auc",
     "classwise_ece",
     "direction",
+    "metric_info",
     "disagreement",
     "eaurc",
     "ece",

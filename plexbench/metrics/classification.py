@@ -15,12 +15,14 @@ Shared rules:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics import _ranking
-from plexbench.metrics.direction import declares
+from plexbench.metrics.vocabulary import declares
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -105,7 +107,8 @@ def _check_bins(labels, probs, num_bins):
 
 
 # ----------------------------------------------------------------------------- public metrics
-@declares("accuracy", direction="higher")
+@declares("accuracy", direction="higher", category="prediction", paper="identity",
+          description="fraction of examples whose top-1 class is the label")
 def accuracy(labels, probs) -> float:
     """Top-1 accuracy: mean(argmax_k p[i, k] == labels[i]); class ties -> lowest index.
 
@@ -116,7 +119,8 @@ def accuracy(labels, probs) -> float:
     return float(np.mean(np.argmax(p, axis=1) == y))
 
 
-@declares("nll", direction="lower")
+@declares("nll", direction="lower", category="prediction", value_range=(0.0, math.inf), paper="nll",
+          plexbench="nll", description="mean negative log-likelihood of the label (nats)")
 def nll(labels, log_probs, *, clip: float | None = None) -> float:
     """Mean negative log-likelihood, exact from log-probabilities.
 
@@ -137,7 +141,9 @@ def nll(labels, log_probs, *, clip: float | None = None) -> float:
     return float(np.mean(nll_per_example(y, soft, lp, clip)))
 
 
-@declares("brier", direction="lower")
+@declares("brier", direction="lower", category="prediction", value_range=(0.0, 2.0), paper="identity",
+          plexbench="half", paper_note="paper quirk: lower-is-better but left unflipped, as in the paper's code",
+          description="mean squared distance between the probabilities and the one-hot label")
 def brier(labels, probs) -> float:
     """Mean over examples of sum_k (p_k - y_k)^2, y one-hot (int labels) or soft (N, K).
 
@@ -152,7 +158,8 @@ def brier(labels, probs) -> float:
     return float(np.mean(brier_per_example(y, soft, p)))
 
 
-@declares("ece", direction="lower")
+@declares("ece", direction="lower", category="uncertainty", paper="one_minus", plexbench="one_minus",
+          description="expected calibration error, equal-width bins of the top-label confidence")
 def ece(labels, probs, *, num_bins: int = 15) -> float:
     """Expected calibration error, equal-width top-label bins (Plex: 15).
 
@@ -166,7 +173,8 @@ def ece(labels, probs, *, num_bins: int = 15) -> float:
     return ece_from(conf, correct, b)
 
 
-@declares("adaptive_ece", direction="lower")
+@declares("adaptive_ece", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="expected calibration error, equal-mass bins of the top-label confidence")
 def adaptive_ece(labels, probs, *, num_bins: int = 15) -> float:
     """ECE with equal-mass bins.
 
@@ -185,7 +193,8 @@ def adaptive_ece(labels, probs, *, num_bins: int = 15) -> float:
     return float(np.abs(acc_sum - conf_sum).sum() / n)
 
 
-@declares("classwise_ece", direction="lower")
+@declares("classwise_ece", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="calibration error of every class probability, averaged over classes")
 def classwise_ece(labels, probs, *, num_bins: int = 15) -> float:
     """Classwise (static) calibration error: mean over classes k of the equal-width ECE of p_k.
 
@@ -207,7 +216,8 @@ def classwise_ece(labels, probs, *, num_bins: int = 15) -> float:
     return float(np.abs(hit_sum - conf_sum).sum() / n / k)
 
 
-@declares("rms_ce", "rms_calibration_error", direction="lower")
+@declares("rms_ce", "rms_calibration_error", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="root-mean-square calibration error, equal-width bins")
 def rms_calibration_error(labels, probs, *, num_bins: int = 15) -> float:
     """Root-mean-square calibration error, equal-width top-label bins (same bins as `ece`).
 
@@ -246,7 +256,8 @@ def calib_auc_sorted(sorted_conf_desc: np.ndarray, sorted_incorrect: np.ndarray)
     return value
 
 
-@declares("calib_auc", direction="higher")
+@declares("calib_auc", direction="higher", category="uncertainty", paper="identity",
+          description="ROC AUC of 1 - confidence against 'prediction incorrect'")
 def calib_auc(labels, probs) -> float:
     """ROC AUC of "prediction incorrect" (positive) scored by 1 - confidence (spec §5).
 

@@ -7,12 +7,14 @@ argmax(soft label) are the ordinary `accuracy` / `ece` called with that argmax.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics.classification import nll_per_example, row_dots, squared_norms
-from plexbench.metrics.direction import declares
+from plexbench.metrics.vocabulary import declares
 
 
 def _check_soft(soft_labels, other: np.ndarray, other_name: str) -> np.ndarray:
@@ -22,7 +24,8 @@ def _check_soft(soft_labels, other: np.ndarray, other_name: str) -> np.ndarray:
     return y
 
 
-@declares("soft_ce", "soft_cross_entropy", direction="lower")
+@declares("soft_ce", "soft_cross_entropy", direction="lower", category="prediction", value_range=(0.0, math.inf),
+          paper="nll", plexbench="nll", description="cross-entropy against soft labels (the paper's loss on CIFAR-10H)")
 def soft_cross_entropy(soft_labels, log_probs) -> float:
     """mean_i -sum_k y_ik log p_ik: cross-entropy against the soft label, exact from log-probs.
 
@@ -36,7 +39,8 @@ def soft_cross_entropy(soft_labels, log_probs) -> float:
     return float(np.mean(nll_per_example(None, y, lp)))
 
 
-@declares("ged", direction="lower")
+@declares("ged", direction="lower", category="uncertainty", value_range=(0.0, 2.0), plexbench="half",
+          description="generalised energy distance between predicted and label distributions")
 def ged(soft_labels, probs) -> float:
     """Generalised energy distance between soft label y and prediction p, averaged over examples.
 

@@ -24,7 +24,7 @@ import numpy as np
 from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics import _ranking
-from plexbench.metrics.direction import declares
+from plexbench.metrics.vocabulary import declares
 
 
 # ----------------------------------------------------------------------------- scorers
@@ -193,7 +193,8 @@ def _points(sorted_scores, sorted_pos, metric):
     return _ranking.descending_operating_points(sorted_scores, sorted_pos), None
 
 
-@declares("auroc", direction="higher")
+@declares("auroc", direction="higher", category="uncertainty", paper="identity",
+          description="ROC AUC with OOD as the positive class")
 def auroc(is_ood, score) -> float:
     """ROC AUC with OOD as positive: P(s_ood > s_in) + 1/2 P(s_ood = s_in).
 
@@ -205,14 +206,16 @@ def auroc(is_ood, score) -> float:
     return C.undefined("auroc", "needs both OOD and in-distribution examples") if np.isnan(value) else value
 
 
-@declares("auprc", direction="higher")
+@declares("auprc", direction="higher", category="uncertainty",
+          description="average precision with OOD as the positive class")
 def auprc(is_ood, score) -> float:
     """Average precision with OOD as positive (scikit-learn's definition, no interpolation)."""
     points, nan = _points(*_sorted(is_ood, score), "auprc")
     return nan if points is None else _ranking.average_precision(points[0], points[1])
 
 
-@declares("fpr95", "fpr_at_95_tpr", direction="lower")
+@declares("fpr95", "fpr_at_95_tpr", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="false-positive rate at the first threshold with true-positive rate >= 0.95")
 def fpr_at_95_tpr(is_ood, score) -> float:
     """FPR at the first threshold (from high to low) where TPR >= 0.95; see the module doc."""
     points, nan = _points(*_sorted(is_ood, score), "fpr95")

@@ -21,7 +21,7 @@ import numpy as np
 
 from plexbench.metrics import _checks as C
 from plexbench.metrics.classification import top_label
-from plexbench.metrics.direction import declares
+from plexbench.metrics.vocabulary import declares
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -85,7 +85,8 @@ def _check(labels, probs):
 
 
 # ----------------------------------------------------------------------------- public metrics
-@declares("oc_acc@*", direction="higher")
+@declares("oc_acc@*", direction="higher", category="uncertainty",
+          description="accuracy when the given fraction of least confident examples goes to an oracle")
 def oracle_collaborative_accuracy(labels, probs, *, fraction: float) -> float:
     """Accuracy when the least confident `fraction` of examples is handed to an oracle.
 
@@ -119,7 +120,8 @@ def risk_coverage_curve(labels, probs) -> dict[str, np.ndarray]:
     }
 
 
-@declares("aurc", direction="lower")
+@declares("aurc", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="area under the risk-coverage curve")
 def aurc(labels, probs) -> float:
     """Area under the risk-coverage curve: mean over k = 1..N of the risk at coverage k/N.
 
@@ -132,7 +134,8 @@ def aurc(labels, probs) -> float:
     return area(cumulative_risk(correct[sort_by_confidence(conf)]))
 
 
-@declares("eaurc", direction="lower")
+@declares("eaurc", direction="lower", category="uncertainty", plexbench="one_minus",
+          description="AURC minus the AURC of an oracle ranking")
 def eaurc(labels, probs) -> float:
     """Excess AURC: AURC - AURC of the ideal order (all correct examples first). >= 0."""
     conf, correct = _check(labels, probs)

@@ -143,18 +143,39 @@ def validate_flat(config: ModelConfig, flat: Mapping[str, np.ndarray], path="<me
         raise PlexbenchError(f"checkpoint {path} does not match the model config: {diff}")
 
 
+def check_finite(flat: Mapping[str, np.ndarray], path="<memory>") -> None:
+    """Raise PlexbenchError (one line) when a parameter holds NaN or inf, naming the first ones.
+
+    Such weights load and run, but every prediction they make is NaN: refusing them at load is
+    the one place that catches them for `model info --checkpoint`, `predict` and `run`.
+    Example: {'head/bias': [0.1, nan]} -> "1 of 2 values of 1 parameter(s) are NaN or inf: head/bias (1)".
+    """
+    bad = {}
+    for key, value in flat.items():
+        count = value.size - int(np.count_nonzero(np.isfinite(value)))
+        if count:
+            bad[key] = count
+    if bad:
+        total = sum(v.size for v in flat.values())
+        named = ", ".join(f"{k} ({n:,})" for k, n in list(bad.items())[:SHOWN])
+        raise PlexbenchError(f"checkpoint {path}: {sum(bad.values()):,} of {total:,} values of {len(bad)} parameter(s) "
+                             f"are NaN or inf: {named}{' ...' if len(bad) > SHOWN else ''}")
+
+
 def load_params(config: ModelConfig, path: str | os.PathLike, *, resize_posemb: bool = True) -> dict:
     """Read, validate and return the parameter tree (nested dict of float32 numpy arrays).
 
     resize_posemb: when the checkpoint's position embeddings have another square grid than the
     config's, resize them (`resize_pos_embedding`) before validating, as when evaluating a model
     at another resolution. Raises PlexbenchError (one line) for an unreadable file (missing,
-    not an npz, truncated, object arrays), a non-float parameter, or a layout mismatch.
+    not an npz, truncated, object arrays), a non-float parameter, a layout mismatch, or
+    non-finite values (`check_finite`).
     """
     flat = read_flat(path)
     if resize_posemb and POSEMB_KEY in flat:
         flat[POSEMB_KEY] = _maybe_resize(flat[POSEMB_KEY], config.num_tokens)
     validate_flat(config, flat, path)
+    check_finite(flat, path)
     return unflatten_params(flat)
 
 
@@ -314,8 +335,3 @@ def _host_array(v) -> np.ndarray:
     v = np.asarray(v)
     return v.astype(np.int32) if v.dtype.kind in "iu" else v.astype(np.float32)
 
-
-def checkpoint_summary(path: str | os.PathLike) -> dict:
-    """{'path', 'sha256', 'bytes'} of a checkpoint file, for model cards and identities."""
-    p = Path(path)
-    return {"path": str(p), "sha256": fileio.sha256_file(p), "bytes": p.stat().st_size}

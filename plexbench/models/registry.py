@@ -80,10 +80,6 @@ class ModelEntry:
     def is_zoo(self) -> bool:
         return self.checkpoint is not None
 
-    @property
-    def model_card(self) -> Path | None:
-        return self.checkpoint.with_suffix(".json") if self.checkpoint else None
-
 
 MODELS: Registry[ModelEntry] = Registry("model")
 

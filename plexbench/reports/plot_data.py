@@ -6,7 +6,6 @@ numpy arrays, so the numbers behind a figure can be tested and reused without ma
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import pandas as pd
 from plexbench.errors import PlexbenchError
 from plexbench.reports import paper_numbers, reliability_score
 from plexbench.reports.columns import Column, parse_column
-from plexbench.reports.results import Results
+from plexbench.results_schema import Results
 
 # --------------------------------------------------------------------------- radar
 
@@ -32,34 +31,31 @@ class RadarData:
     values: np.ndarray
     title: str
     note: str = ""
+    relative_to_best: bool = False  # draw each axis as value / best model's value (plots.draw_radar)
 
 
-# Default radar axes, in this order: one pattern per reliability aspect (fnmatch on the metric).
-RADAR_PRIORITY = (
-    "accuracy", "nll", "ece", "calib_auc", "oc_acc@*", "aurc", "ood/*/msp/auroc", "ood/*/maha/auroc",
-    "ood/*/auroc", "subpop/p25", "*shot*/prec@1", "*shot*/accuracy", "active_learning/*", "ged", "brier",
-)
+def default_radar_axes(results: Results, available: Sequence[Column], max_axes: int = 8) -> list[Column]:
+    """Up to `max_axes` of the `available` columns, from the headline columns the task kinds
+    declared (each task JSON's `headline`), one reliability aspect at a time.
 
-
-def default_radar_axes(columns: Sequence[Column], max_axes: int = 8) -> list[Column]:
-    """Pick up to `max_axes` columns, one reliability aspect at a time (`RADAR_PRIORITY`).
-
-    Pass 1 takes, for each pattern in order, its first matching column; pass 2 fills the
-    remaining slots with further matches in the same order. Columns of the dataset with the
-    most columns come first, then the others by name; a dataset with '/' (one corruption at
-    one severity) is skipped, its family average (e.g. `x_corrupted`) is not.
+    Pass 1 takes each task's first available headline column (tasks in the order they first
+    appear in the results); pass 2 fills the remaining slots with further headline columns in
+    the same order. With no headline at all (results written by hand), the first available
+    columns.
     """
-    pool = [c for c in columns if "/" not in c.dataset]
-    counts = pd.Series([c.dataset for c in pool]).value_counts() if pool else pd.Series(dtype=int)
-    pool.sort(key=lambda c: (-int(counts.get(c.dataset, 0)), c.dataset, c.metric))
-    matches = [[c for c in pool if fnmatch.fnmatchcase(c.metric, p)] for p in RADAR_PRIORITY]
+    available_set = set(available)
+    order = {t: i for i, t in enumerate(dict.fromkeys(results.long["task"]))}
+    per_task: dict[str, list[Column]] = {}
+    for rec in sorted(results.tasks, key=lambda r: order.get(r.task, len(order))):
+        cols = per_task.setdefault(rec.task, [])
+        cols += [c for c in (Column(m, d) for m, d in rec.headline) if c in available_set and c not in cols]
     chosen: list[Column] = []
     for take_all in (False, True):
-        for found in matches:
-            for col in (found if take_all else found[:1]):
+        for cols in per_task.values():
+            for col in (cols if take_all else cols[:1]):
                 if len(chosen) < max_axes and col not in chosen:
                     chosen.append(col)
-    return chosen
+    return chosen or list(available)[:max_axes]
 
 
 def radar_data(results: Results, axes: Sequence[str | Column] | None = None, *, preset: str = "plexbench",
@@ -67,7 +63,7 @@ def radar_data(results: Results, axes: Sequence[str | Column] | None = None, *, 
     """Each model's normalised value on each axis (as in the score of `preset`).
 
     `axes`: `metric@dataset` strings or Columns; default: `default_radar_axes` over the
-    columns every model has and the preset can score. Values are the preset's normalised
+    columns every model has and the preset scores. Values are the preset's normalised
     values (1 - ece, 1 - nll/ln K, ...), so outward is better on every axis.
     """
     score = reliability_score.compute_score(results.long, preset=preset, num_classes=num_classes)
@@ -80,14 +76,15 @@ def radar_data(results: Results, axes: Sequence[str | Column] | None = None, *, 
                                  f"{', '.join(unknown)}; available: {', '.join(list(norm.columns)[:12])}")
     else:
         complete = [parse_column(c) for c in norm.columns if norm[c].notna().all()]
-        cols = default_radar_axes(complete, max_axes)
+        cols = default_radar_axes(results, complete, max_axes)
     if len(cols) < 3:
         raise PlexbenchError(f"a radar chart needs at least 3 axes; found {len(cols)} scored columns shared by all models")
     values = norm[[str(c) for c in cols]].to_numpy(dtype=np.float64)
     datasets = ", ".join(dict.fromkeys(c.dataset for c in cols))
     return RadarData([str(c) for c in cols], list(norm.index), values,
                      title=f"Reliability radar ({datasets})",
-                     note=f"values normalised as in the '{preset}' score: outward = better")
+                     note=f"values normalised as in the '{preset}' score, outward = better",
+                     relative_to_best=len(norm.index) > 1)
 
 
 def paper_radar_data(numbers: pd.DataFrame | None = None,
@@ -97,7 +94,8 @@ def paper_radar_data(numbers: pd.DataFrame | None = None,
     Axes: every (axis, dataset, budget) of the `radar` rows. Model `plex_l` also takes the
     `plex_l_be` rows (the BatchEnsemble Plex-L numbers of the same figure), preferring
     `plex_l` where both exist. Each axis is scaled by its best shown value: value / max for
-    higher-is-better axes, min / value for the soft-label loss (lower is better), so the
+    higher-is-better axes, min / value for lower-is-better ones (the soft-label loss; the
+    direction is that of the plexbench metric the axis maps to), so the
     best model on an axis sits at 1. Axes a model has no number for are NaN (a gap).
     """
     df = (paper_numbers.load_paper_numbers() if numbers is None else numbers)
@@ -109,7 +107,7 @@ def paper_radar_data(numbers: pd.DataFrame | None = None,
             rows = df[df["model"] == alias]
             for a, d, b, v in zip(rows["axis"], rows["dataset"], rows["budget_or_quantile"], rows["value"]):
                 raw[i, keys.index((a, d, b))] = v  # plex_l is written last, so it wins
-    lower = np.array(["loss" in a for a, _, _ in keys])
+    lower = np.array([_paper_axis_direction(a, b) == "lower" for a, _, b in keys])
     with np.errstate(invalid="ignore", divide="ignore"):
         best = np.where(lower, np.nanmin(raw, axis=0), np.nanmax(raw, axis=0))
         values = np.where(lower, best / raw, raw / best)
@@ -117,6 +115,15 @@ def paper_radar_data(numbers: pd.DataFrame | None = None,
     return RadarData(labels, [_paper_model_label(m) for m in models], values,
                      title="Plex (Tran et al. 2022): published radar numbers",
                      note="each axis scaled by its best shown value (loss: min / value)")
+
+
+def _paper_axis_direction(axis: str, budget: str) -> str | None:
+    """The declared direction of the plexbench metric a paper axis maps to (None: no mapping)."""
+    from plexbench.metrics.vocabulary import find_metric
+
+    candidates = paper_numbers.plexbench_metrics(axis, budget)
+    info = find_metric(candidates[0]) if candidates else None
+    return info.direction if info else None
 
 
 _PAPER_AXIS_SHORT = {

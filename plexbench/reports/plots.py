@@ -6,8 +6,13 @@ PNG (rendered by the Agg canvas), both atomically. Style: serif fonts, 8-9 pt te
 single-column sizes. Every figure labels its axes (with units or "fraction") and names its
 models (legend or panel titles) and datasets (title).
 
-`plot_results(dirs, out_dir)` draws everything a run has; `plot_paper_figures(out_dir)`
-draws the paper's radar and subpopulation figures from the published numbers alone.
+Figure kinds are registered with `@register_figure(name, title)`: a function that takes the
+results of the tasks whose kind declares the figure (`TaskKind.figures`, written into each task
+JSON) and yields (figure, file-name parts). `plot_results(dirs, out_dir)` draws every registered
+figure the results support, plus the summary figures of the whole run (radar, score against
+cost), and writes `figures.json` beside them: which file shows which figure kind (report.md
+reads it). `plot_paper_figures(out_dir)` draws the paper's radar and subpopulation figures from
+the published numbers alone.
 """
 
 from __future__ import annotations
@@ -16,14 +21,50 @@ import contextlib
 import io
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from plexbench import fileio
+from plexbench.registry import Registry
 from plexbench.reports import plot_data
-from plexbench.reports.results import Results, load_results
+from plexbench.results_schema import Results, load_results
+
+MANIFEST = "figures.json"
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """A registered figure: `draw(results)` yields (figure, file-name parts) for the results of
+    the tasks that declare it; `order` is the registration order (the report's order)."""
+
+    name: str
+    title: str
+    draw: Callable[[Results], Iterable[tuple[object, tuple[str, ...]]]]
+    order: int
+
+
+FIGURES: Registry[FigureKind] = Registry("figure kind")
+# Figures of a whole run (not fed by one task kind), in the report's order before the task figures.
+SUMMARY_FIGURES = {"radar": "Reliability radar", "score_vs": "Score against cost"}
+
+
+def register_figure(name: str, title: str):
+    """Decorator: register a figure kind drawn from the curves of the tasks that declare it."""
+
+    def decorator(fn):
+        FIGURES.add(name, FigureKind(name, title, fn, len(FIGURES)))
+        return fn
+
+    return decorator
+
+
+def figure_titles() -> dict[str, str]:
+    """Figure kind -> title, summary figures first, then task figures in registration order."""
+    kinds = sorted((FIGURES.get(n) for n in FIGURES.names()), key=lambda k: k.order)
+    return {**SUMMARY_FIGURES, **{k.name: k.title for k in kinds}}
 
 STYLE = {
     "font.family": "serif",
@@ -61,14 +102,57 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def fit_texts(fig, *, max_rounds: int = 3) -> None:
+    """Wrap every title, suptitle and axis label that is wider than the space it has, so that
+    nothing is clipped at the figure's edge (constrained layout then makes room for the lines).
+
+    Space: a suptitle or the title of a figure's only panel may use 95% of the figure width; a
+    panel's title and x label its panel's width; a y label its panel's height."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    for _ in range(max_rounds):
+        fig.draw_without_rendering()  # runs the constrained layout: positions are final
+        renderer = canvas.get_renderer()
+        width, height = fig.bbox.width, fig.bbox.height
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        items = [(fig._suptitle, 0.95 * width, False)] if getattr(fig, "_suptitle", None) is not None else []
+        for ax in axes:
+            box = ax.get_position()
+            centre = (box.x0 + box.x1) / 2 * width  # a title is centred on its panel
+            room = 1.9 * min(centre, width - centre)
+            if len(axes) > 1:
+                room = min(room, box.width * width * 1.1)
+            items += [(ax.title, room, False), (ax.xaxis.label, max(box.width * width, 0.5 * width), False),
+                      (ax.yaxis.label, box.height * height, True)]
+        changed = False
+        for text, room, vertical in items:
+            label = text.get_text()
+            if not label:
+                continue
+            extent = text.get_window_extent(renderer)
+            size = extent.height if vertical else extent.width
+            longest = max(len(line) for line in label.split("\n"))
+            if size <= room or longest <= 12:
+                continue
+            chars = max(12, int(longest * room / size * 0.95))
+            text.set_text("\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in label.split("\n")))
+            changed = True
+        if not changed:
+            return
+
+
 def save_figure(fig, stem: str | Path) -> list[Path]:
-    """Write `stem.pdf` and `stem.png` atomically; returns both paths."""
+    """Write `stem.pdf` and `stem.png` atomically (after `fit_texts`); returns both paths."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.backends.backend_pdf import FigureCanvasPdf
 
     stem = Path(stem)
     paths = []
     with paper_style():
+        fit_texts(fig)
         for ext, canvas_cls, kw in (("pdf", FigureCanvasPdf, {}), ("png", FigureCanvasAgg, {"dpi": PNG_DPI})):
             buf = io.BytesIO()
             canvas_cls(fig).print_figure(buf, format=ext, **kw)
@@ -100,29 +184,58 @@ def _models_text(models: Sequence[str]) -> str:
 
 
 def draw_radar(data: plot_data.RadarData, *, width: float = 4.2):
-    """Radar chart: one polygon per model; NaN values leave gaps (the line breaks there)."""
+    """Radar chart, one polygon per model, outward = better.
+
+    `data.relative_to_best`: each axis is shown as value / best model's value on that axis, on a
+    radial range that starts just below the lowest ratio (stated on the figure), so two close
+    models remain distinguishable; otherwise the values are drawn as they are on [0, 1].
+    A model without a value on some axes is drawn through the axes it has (markers only where
+    it has a value) and named as such in the legend.
+    """
+    values = np.asarray(data.values, dtype=np.float64)
+    floor, note = 0.0, data.note
+    if data.relative_to_best:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            best = np.nanmax(values, axis=0)
+            values = np.where(best > 0, values / best, np.nan)
+        finite = values[np.isfinite(values)]
+        low = float(finite.min()) if finite.size else 0.0
+        floor = max(0.0, low - 0.25 * (1.0 - low)) if low < 1.0 else 0.9
+        note = f"value / best model's value on each axis ({data.note}); centre at {floor:.3f}"
+    n = len(data.labels)
     with paper_style():
-        fig = _figure(width, width * 0.9)
+        fig = _figure(width, width * 0.95)
         ax = fig.add_subplot(projection="polar")
-        n = len(data.labels)
         angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        complete = bool(np.isfinite(values).all())
         closed = np.r_[angles, angles[:1]]
-        for model, vals in zip(data.models, data.values):
+        labels = []
+        for model, vals in zip(data.models, values):
+            gaps = int(n - np.isfinite(vals).sum())
+            labels.append(model + (f" (no value on {gaps} of {n} axes)" if gaps else ""))
+            # one style for every model: markers at its values, lines between neighbouring axes that
+            # both have one (a missing value breaks the outline); filled only when no model has a gap
             v = np.r_[vals, vals[:1]]
-            (line,) = ax.plot(closed, v, marker="o", markersize=3, label=model)
-            if np.isfinite(vals).all():
-                ax.fill(closed, v, alpha=0.12, color=line.get_color())
+            (line,) = ax.plot(closed, v, marker="o", markersize=3, label=labels[-1])
+            if complete:
+                ax.fill(closed, v, alpha=0.08, color=line.get_color())
         ax.set_xticks(angles)
         ax.set_xticklabels([_radar_label(lbl) for lbl in data.labels], fontsize=6)
-        ax.tick_params(axis="x", pad=8)
-        finite = data.values[np.isfinite(data.values)]
-        low = min(0.0, float(finite.min())) if finite.size else 0.0
-        ax.set_ylim(low, max(1.0, float(finite.max())) if finite.size else 1.0)
+        for tick, angle in zip(ax.get_xticklabels(), angles):
+            # labels on the right start at their axis, those on the left end there: no overlap with the circle
+            tick.set_horizontalalignment("left" if np.cos(angle) > 0.2 else "right" if np.cos(angle) < -0.2
+                                         else "center")
+        ax.tick_params(axis="x", pad=4)
+        finite = values[np.isfinite(values)]
+        top = max(1.0, float(finite.max())) if finite.size else 1.0
+        low = floor if data.relative_to_best else (min(0.0, float(finite.min())) if finite.size else 0.0)
+        ax.set_ylim(low, top)
         ax.set_rlabel_position(180.0 / n)  # radial tick labels between the first two axes
         ax.tick_params(axis="y", labelsize=6)
-        ax.set_xlabel(f"radius: {data.note}", labelpad=12, fontsize=6)
-        ax.set_title(data.title)
-        fig.legend(loc="outside lower center", ncol=min(3, len(data.models)), frameon=False)
+        ax.set_xlabel(f"radius: {note}", labelpad=10, fontsize=6)
+        ax.set_title(data.title, pad=14)
+        columns = 1 if max(map(len, labels)) > 28 else min(3, len(data.models))
+        fig.legend(loc="outside lower center", ncol=columns, frameon=False)
     return fig
 
 
@@ -238,13 +351,17 @@ def draw_shift(series: Sequence[plot_data.ShiftSeries]):
         for ax, metric in zip(axes, metrics):
             for s in (s for s in series if s.metric == metric):
                 color = f"C{models.index(s.model) % 10}"
-                ax.plot(s.severities, s.mean, marker="o", markersize=3, color=color, label=s.model)
-                ax.fill_between(s.severities, s.low, s.high, color=color, alpha=0.15, lw=0)
+                # the curves on top; each band only as its two edges (thin, dotted) and a faint fill,
+                # so overlapping bands do not hide the means
+                ax.fill_between(s.severities, s.low, s.high, color=color, alpha=0.06, lw=0, zorder=1)
+                for edge in (s.low, s.high):
+                    ax.plot(s.severities, edge, color=color, lw=0.6, ls=":", zorder=2)
+                ax.plot(s.severities, s.mean, marker="o", markersize=3, color=color, lw=1.5, label=s.model, zorder=3)
             ax.set(xlabel="corruption severity", ylabel=_SHIFT_LABELS.get(metric, metric))
             ax.set_xticks(sorted({int(v) for s in series for v in s.severities}))
         axes[0].legend(frameon=False)
         n = max(len(s.corruptions) for s in series)
-        fig.suptitle(f"Covariate shift: {series[0].dataset} (mean over {n} corruptions; band: min to max)")
+        fig.suptitle(f"Covariate shift: {series[0].dataset} (mean over {n} corruptions; dotted: min and max)")
     return fig
 
 
@@ -289,19 +406,26 @@ def draw_score_vs_cost(data: plot_data.CostScore):
         for i, m in enumerate(data.models):
             ax.scatter(data.cost[i], data.score[i], s=18, color=f"C{i % 10}", label=m, zorder=3)
         if len(data.front):
+            # the front's models ringed and joined as a step (a front of one model is its ring alone)
             f = data.front
-            ax.step(data.cost[f], data.score[f], where="post", color="0.2", lw=0.9, ls="--",
-                    label="Pareto front", zorder=2)
+            ax.step(data.cost[f], data.score[f], where="post", color="0.2", lw=0.9, ls="--", zorder=2)
+            ax.plot(data.cost[f], data.score[f], ls="none", marker="o", markersize=9, markerfacecolor="none",
+                    markeredgecolor="0.2", label=f"Pareto front ({len(f)} of {len(data.models)} models)", zorder=4)
         positive = data.cost[data.cost > 0]
         if positive.size == len(data.cost) and positive.size and positive.max() / positive.min() > 10:
             ax.set_xscale("log")
+        from matplotlib.ticker import EngFormatter, MaxNLocator
+
+        if ax.get_xscale() == "linear":  # counts as 146k / 9.8M, few ticks: long numbers would collide
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set(xlabel=f"{label} (count)", ylabel=f"reliability score x100 ({data.preset} preset)")
         ax.set_title(f"Reliability vs {label}: {_models_text(data.models)}")
         ax.legend(frameon=False, fontsize=6)
     return fig
 
 
-# --------------------------------------------------------------------------- everything for a run
+# --------------------------------------------------------------------------- registered task figures
 
 
 def _grouped(items, key) -> dict:
@@ -311,46 +435,109 @@ def _grouped(items, key) -> dict:
     return out
 
 
+@register_figure("reliability", "Reliability diagrams")
+def _reliability_figures(results: Results):
+    for key, group in _grouped(plot_data.reliability_diagrams(results), lambda d: (d.task, d.dataset)).items():
+        yield draw_reliability(group), key
+
+
+@register_figure("risk_coverage", "Risk-coverage curves")
+def _risk_coverage_figures(results: Results):
+    for key, group in _grouped(plot_data.risk_coverage_curves(results), lambda c: (c.task, c.dataset)).items():
+        yield draw_risk_coverage(group), key
+
+
+@register_figure("shift", "Covariate shift by severity")
+def _shift_figures(results: Results):
+    for key, group in _grouped(plot_data.shift_series(results), lambda s: (s.dataset,)).items():
+        yield draw_shift(group), key
+
+
+@register_figure("subpopulation", "Subpopulation accuracies")
+def _subpopulation_figures(results: Results):
+    for key, group in _grouped(plot_data.subpopulation_groups(results), lambda g: (g.dataset,)).items():
+        yield draw_subpopulation(group), key
+
+
+def _ood_groups(results: Results) -> dict:
+    return _grouped(plot_data.ood_scores(results), lambda s: (s.dataset, "vs", s.ood_dataset, s.scorer))
+
+
+@register_figure("ood_roc", "OOD detection: ROC curves")
+def _ood_roc_figures(results: Results):
+    for key, group in _ood_groups(results).items():
+        yield draw_ood_roc(group), key
+
+
+@register_figure("ood_hist", "OOD detection: score histograms")
+def _ood_hist_figures(results: Results):
+    for key, group in _ood_groups(results).items():
+        yield draw_ood_histograms(group), key
+
+
+# --------------------------------------------------------------------------- everything for a run
+
+
 def plot_results(dirs: Sequence[str | Path] | Results, out_dir: str | Path, *,
                  radar_axes: Sequence[str] | None = None, preset: str = "plexbench",
-                 num_classes: Mapping[str, int] | None = None) -> tuple[list[Path], list[str]]:
-    """Draw every figure the results support into `out_dir`.
+                 num_classes: Mapping[str, int] | None = None, group_folders: bool | None = None
+                 ) -> tuple[list[Path], list[str]]:
+    """Draw every figure the results support, and a `figures.json` manifest per folder.
 
-    Returns (written paths, notes on figures skipped for lack of data).
+    Models are drawn within their group (`plexbench.reports.model_groups`: the same number of
+    classes, so the same tasks): with more than one group (or `group_folders=True`) each group
+    gets its own folder `out_dir/<group slug>/`, else everything goes into `out_dir`.
+    Returns (written paths, notes naming each figure not drawn and why).
     """
+    from plexbench.reports.model_groups import group_results, model_groups
+
     results = dirs if isinstance(dirs, Results) else load_results(dirs)
-    out = Path(out_dir)
+    groups = model_groups(results.long)
+    if group_folders is None:
+        group_folders = len(groups) > 1
+    if not group_folders:
+        return _plot_group(results, Path(out_dir), radar_axes, preset, num_classes)
     written: list[Path] = []
     notes: list[str] = []
+    for group in groups:
+        paths, group_notes = _plot_group(group_results(results, group), Path(out_dir) / group.slug, radar_axes,
+                                         preset, num_classes)
+        written += paths
+        notes += [f"{group.slug}: {n}" for n in group_notes]
+    return written, notes
 
-    def emit(fig, *name):
-        written.extend(save_figure(fig, out / _slug(*name)))
+
+def _plot_group(results: Results, out: Path, radar_axes, preset, num_classes) -> tuple[list[Path], list[str]]:
+    """Every figure of one model group into `out` (see plot_results)."""
+    written: list[Path] = []
+    notes: list[str] = []
+    manifest: list[dict] = []
+
+    def emit(fig, figure: str, *name):
+        paths = save_figure(fig, out / _slug(figure, *name))
+        written.extend(paths)
+        manifest.extend({"file": p.name, "figure": figure} for p in paths if p.suffix == ".png")
 
     _radar(results, radar_axes, preset, num_classes, emit, notes)
-    # (what, data, grouping key, [(file prefix, draw function)])
-    families = (
-        ("reliability diagrams", plot_data.reliability_diagrams(results), lambda d: (d.task, d.dataset),
-         [("reliability", draw_reliability)]),
-        ("risk-coverage curves", plot_data.risk_coverage_curves(results), lambda c: (c.task, c.dataset),
-         [("risk_coverage", draw_risk_coverage)]),
-        ("OOD scores", plot_data.ood_scores(results), lambda s: (s.dataset, "vs", s.ood_dataset, s.scorer),
-         [("ood_hist", draw_ood_histograms), ("ood_roc", draw_ood_roc)]),
-        ("shift curves", plot_data.shift_series(results), lambda s: (s.dataset,), [("shift", draw_shift)]),
-        ("subpopulation accuracies", plot_data.subpopulation_groups(results), lambda g: (g.dataset,),
-         [("subpopulation", draw_subpopulation)]),
-    )
-    for what, items, key, drawers in families:
-        if not items:
-            notes.append(f"{what}: none in the per-task JSON files")
-        for name, group in _grouped(items, key).items():
-            for prefix, draw in drawers:
-                emit(draw(group), prefix, *name)
+    for figure in sorted((FIGURES.get(n) for n in FIGURES.names()), key=lambda k: k.order):
+        tasks = [t for t in results.tasks if figure.name in t.figures]
+        if not tasks:
+            continue  # no task of these results feeds this figure: nothing is missing
+        drawn = 0
+        for fig, name in figure.draw(Results(results.dirs, results.long, tasks, results.runs)):
+            emit(fig, figure.name, *name)
+            drawn += 1
+        if not drawn:
+            notes.append(f"{figure.name}: the tasks declaring it ({', '.join(sorted({t.task for t in tasks}))}) "
+                         "hold no curves for it")
     for cost in plot_data.COST_LABELS:
         data = plot_data.score_vs_cost(results, cost, preset=preset, num_classes=num_classes)
         if data.models:
             emit(draw_score_vs_cost(data), "score_vs", cost)
         else:
-            notes.append(f"score vs {cost}: no model has models.<name>.{cost} in run.json and a finite score")
+            notes.append(f"score_vs_{cost}: no model has models.<name>.{cost} in run.json and a finite score")
+    titles = figure_titles()
+    fileio.write_json(out / MANIFEST, {"figures": [{**m, "title": titles[m["figure"]]} for m in manifest]})
     return written, notes
 
 

@@ -6,50 +6,41 @@ drop 1-shot columns -> optionally divide by a baseline model's row -> score = un
 mean over columns -> per category (prediction / uncertainty / adaptation): score, number of
 columns where the model is best, mean rank. Scores are shown x100.
 
-Preset `paper` (the paper's code, quirks included):
-- columns: only the metric kinds of the paper's score (last '/'-component `ece`, `loss`,
-  `nll`, `accuracy`, `prec@1`, `auroc`, `brier`, `mce`, or containing `auc`, e.g.
-  `calib_auc`; plexbench's soft-label loss `soft_ce` / `soft_cross_entropy` counts as the
-  paper's `loss` on CIFAR-10H); other columns are excluded and listed with that reason;
-- normalisation: ece -> 1 - ece; loss, nll -> 1 - value / ln(K); everything else unchanged.
-  QUIRK: Brier and mCE are lower-is-better but stay UNflipped, so a larger Brier raises the
-  score and the rank, as in the paper's code;
-- score, category scores and mean ranks are NaN when the model lacks any of their columns;
-- categories by name: a metric whose name contains "shot" -> adaptation; last component
-  loss/nll/brier/mce/accuracy/prec@1 -> prediction; containing "auc", "auroc" or "ece" ->
-  uncertainty.
+Every fact about a column comes from a declaration, read from the results files:
+
+- its normalisation and direction from the metric's declaration
+  (`plexbench.metrics.vocabulary.metric_info(metric).normalisation(preset)`), so each metric says
+  how each preset maps it to [0, 1] (or that the preset does not score it);
+- its category from the `category` column of `metrics_long.csv` (declared by the task kind
+  that computed it, or by the metric when the kind declares none); a table without that column
+  falls back to the metric's declared category;
+- whether it is scored at all from the `score_exclusion` column (declared by the kind: 1-shot
+  probes, single corruption cells and per-severity breakdowns of a shift average, ...).
+
+Preset `paper` (the paper's code, quirks included, spec §7):
+- columns: only the metrics the paper's score has a map for (accuracy, prec@1, auroc, any
+  `*auc*` metric such as calib_auc: v; ece: 1 - v; loss, nll and the soft-label loss: 1 - v / ln K;
+  QUIRK: Brier and mCE are lower-is-better but stay UNflipped, so a larger Brier raises the score
+  and the rank, as in the paper's code); other columns are excluded and listed with that reason;
+- score, category scores and mean ranks are NaN when the model lacks any of their columns.
 
 Preset `plexbench`:
-- columns: every metric with a direction (`plexbench.metrics.direction`); metrics without
-  one (diversity statistics) are excluded with that reason;
-- higher-is-better metrics are unchanged (all are proportions or areas in [0, 1]); every
-  lower-is-better metric is flipped with a documented map (see `_PLEXBENCH_LOWER`):
-  ece-like, rms_ce, fpr95, aurc, eaurc: 1 - v (all in [0, 1]); mce: 1 - v (v is mCE as a
-  fraction, 1 = AlexNet's error, so the value is negative for models worse than AlexNet);
-  nll, loss, soft_ce: 1 - v / ln(K) (negative when worse than the uniform prediction; not clipped,
-  clipping would hide such a model); brier, ged: 1 - v / 2 (both lie in [0, 2]; GED
-  equals ||y - p||^2); variance (of subpopulation accuracies in [0, 1], at most 1/4 by
-  Popoviciu's inequality): 1 - 4 v. A lower-is-better metric without a map is excluded;
+- columns: every metric with a direction and a declared map: higher-is-better metrics unchanged
+  (all are proportions or areas in [0, 1]); ece-like, rms_ce, fpr95, aurc, eaurc: 1 - v; mce:
+  1 - v (negative for models worse than the reference); nll, loss, soft_ce: 1 - v / ln K (negative
+  when worse than the uniform prediction; not clipped, clipping would hide such a model); brier,
+  ged: 1 - v / 2 (both lie in [0, 2]); variance of subpopulation accuracies (at most 1/4): 1 - 4 v;
 - a missing cell (no row, a NaN value, or a NaN after baseline division) does not make the
   score NaN: the score is the mean over the columns the model has, and `missing` lists
-  the (metric, dataset) pairs it lacks (the column `n_missing` counts them);
-- categories: "shot" in the name or a name starting with `active_learning` -> adaptation;
-  last component loss/nll/brier/mce/accuracy/prec@1 or a `subpop/` metric -> prediction;
-  everything else (calibration, selective prediction, OOD, label uncertainty) -> uncertainty.
+  the (metric, dataset) pairs it lacks (the column `n_missing` counts them).
 
 Common rules:
-- 1-shot columns (a metric naming 1 shot, see `columns.shot_count`) are dropped (spec §7);
-- a shifted variant `family/variant` (e.g. `cifar10_corrupted/snow_3`) is not scored when
-  the same metric is reported for the family average (`cifar10_corrupted`): the average
-  already stands for the family, and 75 cells would otherwise outweigh everything else;
-  variants without an average (e.g. `imagenet_v2/matched-frequency`) are scored; for the same
-  reason the breakdowns of a family average (`severity_3/accuracy`, `snow/accuracy` at
-  `cifar10_corrupted`) are not scored when the overall `accuracy@cifar10_corrupted` is present
-  (the paper scores ImageNet-C by its average over corruptions and severities, spec §5);
-- 'shot' in a metric name means few-shot, except in the corruption name `shot_noise`;
-- K for loss/nll: the `num_classes` override argument, else a `num_classes` column of the
-  long CSV, else `plexbench.data.registry.get_dataset(name).num_classes`; a shifted dataset
-  `family/variant` and an average `x_corrupted` fall back to `family` and `x`;
+- a column with a non-empty `score_exclusion` is not scored (that text is the reason shown);
+- a column's category / exclusion is that of its first row (two tasks reporting the same
+  (metric, dataset) declare the same facts for it);
+- K for loss/nll: the `num_classes` override argument, else the `num_classes` column of the
+  long CSV, else the dataset registry (`plexbench.data.registry`, a family's K for a shift
+  family or one of its members);
 - baseline division: normalised value / the baseline's normalised value in the same column;
   a baseline cell equal to 0 (paper) or <= 0 (plexbench, where a ratio to a negative number
   would reverse the order) gives NaN; the baseline itself scores 100;
@@ -70,56 +61,20 @@ Common rules:
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from plexbench.errors import PlexbenchError
 from plexbench.registry import Registry
-from plexbench.reports.columns import Column, base_name, direction, is_shot_metric, parse_column, shot_count
+from plexbench.metrics.vocabulary import KNOWN_CATEGORIES, NORMALISATIONS, find_metric
+from plexbench.reports.columns import Column, parse_column
 
-CATEGORIES = ("prediction", "uncertainty", "adaptation")
+CATEGORIES = KNOWN_CATEGORIES  # spec §7.5; categories a kind adds are scored after these
 SCALE = 100.0  # scores are shown x100 (spec §7.6)
-# The label-uncertainty loss (cross-entropy against soft labels) is the paper's `loss` on CIFAR-10H.
-_SOFT_LOSSES = ("soft_ce", "soft_cross_entropy")
-_PREDICTION_BASES = frozenset({"loss", "nll", "brier", "mce", "accuracy", "prec@1", *_SOFT_LOSSES})
-
-
-# --------------------------------------------------------------------------- normalisations
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """An affine map v -> intercept + slope * v (slope may depend on K, the number of classes)."""
-
-    name: str
-    formula: str
-    uses_num_classes: bool = False
-
-    def slope(self, num_classes: float = math.nan) -> float:
-        return {"identity": 1.0, "one_minus": -1.0, "half": -0.5, "variance": -4.0,
-                "nll": -1.0 / math.log(num_classes) if num_classes > 1 else math.nan}[self.name]
-
-    def apply(self, values, num_classes: float = math.nan):
-        """Normalised values; `values` float array or scalar, NaN stays NaN."""
-        intercept = 0.0 if self.name == "identity" else 1.0
-        return intercept + self.slope(num_classes) * np.asarray(values, dtype=np.float64)
-
-
-NORMALISATIONS = {
-    n.name: n for n in (
-        Normalisation("identity", "v"),
-        Normalisation("one_minus", "1 - v"),
-        Normalisation("nll", "1 - v / ln(K)", uses_num_classes=True),
-        Normalisation("half", "1 - v / 2"),
-        Normalisation("variance", "1 - 4 v"),
-    )
-}
 
 
 # --------------------------------------------------------------------------- presets
@@ -127,88 +82,37 @@ NORMALISATIONS = {
 
 @dataclass(frozen=True)
 class Preset:
-    """How one preset treats a metric.
-
-    `normalisation(metric) -> (name | None, reason)`: None excludes the column, `reason`
-    says why (or describes a quirk); `category(metric) -> str`; `strict_missing`: True makes
-    any missing cell NaN the score (paper), False scores the present columns (plexbench).
-    """
+    """How one preset scores: `strict_missing` True makes any missing cell NaN the score (paper),
+    False scores the present columns (plexbench); `baseline_needs_positive` (see the docstring)."""
 
     name: str
     description: str
-    normalisation: Callable[[str], tuple[str | None, str]]
-    category: Callable[[str], str]
     strict_missing: bool
     baseline_needs_positive: bool
 
+    def normalisation(self, metric: str) -> tuple[str | None, str]:
+        """(normalisation name or None, note): None excludes the column and the note says why;
+        otherwise the note states a declared quirk (or is empty)."""
+        info = find_metric(metric)
+        if info is None:
+            return None, "not declared in plexbench.metrics.vocabulary"
+        norm = info.normalisation(self.name)
+        if norm is not None:
+            return norm, info.paper_note if self.name == "paper" else ""
+        if self.name == "paper":
+            return None, "not one of the metric kinds of the paper's score"
+        if info.direction is None:
+            return None, "no direction declared in plexbench.metrics"
+        return None, "lower-is-better metric without a declared map to [0, 1]"
+
 
 PRESETS: Registry[Preset] = Registry("score preset")
-
-
-def _paper_normalisation(metric: str) -> tuple[str | None, str]:
-    base = base_name(metric)
-    if base == "ece":
-        return "one_minus", ""
-    if base in ("loss", "nll", *_SOFT_LOSSES):
-        return "nll", ""
-    if base in ("brier", "mce"):
-        return "identity", "paper quirk: lower-is-better but left unflipped, as in the paper's code"
-    if base in ("accuracy", "prec@1", "auroc") or "auc" in base:
-        return "identity", ""
-    return None, "not one of the metric kinds of the paper's score"
-
-
-def _paper_category(metric: str) -> str:
-    base = base_name(metric)
-    if is_shot_metric(metric):
-        return "adaptation"
-    if base in _PREDICTION_BASES:
-        return "prediction"
-    if "auc" in base or "auroc" in base or "ece" in base:
-        return "uncertainty"
-    # Unreachable for columns the paper preset keeps; stated for completeness.
-    raise PlexbenchError(f"metric '{metric}' has no category in the paper preset")
-
-
-# Lower-is-better metrics of plexbench and their map to [0, 1]: (pattern on the last '/'-component, map).
-_PLEXBENCH_LOWER = (
-    ("ece", "one_minus"), ("*_ece", "one_minus"), ("ece_*", "one_minus"), ("rms_ce", "one_minus"),
-    ("rms_calibration_error", "one_minus"), ("fpr95", "one_minus"), ("fpr_at_95_tpr", "one_minus"),
-    ("aurc", "one_minus"), ("eaurc", "one_minus"), ("mce", "one_minus"),
-    ("nll", "nll"), ("loss", "nll"), ("soft_ce", "nll"), ("soft_cross_entropy", "nll"),
-    ("brier", "half"), ("ged", "half"),
-    ("variance", "variance"),
-)
-
-
-def _plexbench_normalisation(metric: str) -> tuple[str | None, str]:
-    d = direction(metric)
-    if d is None:
-        return None, "no direction declared in plexbench.metrics"
-    if d == "higher":
-        return "identity", ""
-    base = base_name(metric)
-    for pattern, name in _PLEXBENCH_LOWER:
-        if fnmatch.fnmatchcase(base, pattern):
-            return name, ""
-    return None, "lower-is-better metric without a declared map to [0, 1]"
-
-
-def _plexbench_category(metric: str) -> str:
-    low = metric.lower()
-    if is_shot_metric(metric) or low.startswith("active_learning"):
-        return "adaptation"
-    if base_name(metric) in _PREDICTION_BASES or low.startswith("subpop/"):
-        return "prediction"
-    return "uncertainty"
-
-
 PRESETS.add("paper", Preset(
     "paper", "the paper's score, quirks included: Brier and mCE unflipped, NaN if any column is missing",
-    _paper_normalisation, _paper_category, strict_missing=True, baseline_needs_positive=False))
+    strict_missing=True, baseline_needs_positive=False))
 PRESETS.add("plexbench", Preset(
     "plexbench", "every lower-is-better metric flipped to [0, 1]; missing columns reported, not NaN",
-    _plexbench_normalisation, _plexbench_category, strict_missing=False, baseline_needs_positive=True))
+    strict_missing=False, baseline_needs_positive=True))
 
 
 INTERVAL_RULE = (
@@ -221,41 +125,31 @@ RANK_RULE = ("per column among the models that have it, rank 1 = highest normali
 
 
 def describe_presets() -> dict[str, dict]:
-    """Each preset's normalisations and category rules, for the leaderboard's JSON sidecar."""
-    lower = {}
-    for pattern, name in _PLEXBENCH_LOWER:
-        lower.setdefault(NORMALISATIONS[name].formula, []).append(pattern)
-    return {
-        "paper": {
-            "description": PRESETS.get("paper").description,
-            "normalisation": {"ece": "1 - v", "loss, nll": "1 - v / ln(K)",
-                              "accuracy, prec@1, auroc, *auc*": "v",
-                              "brier, mce": "v (quirk: lower-is-better, left unflipped as in the paper's code)"},
-            "columns": "only the metric kinds above (last '/'-component); others excluded",
-            "missing": "NaN score, category score and mean rank when any of their columns is missing",
-            "categories": {"adaptation": "'shot' in the name", "prediction": "loss, nll, brier, mce, accuracy, prec@1",
-                           "uncertainty": "containing auc, auroc or ece"},
-        },
-        "plexbench": {
-            "description": PRESETS.get("plexbench").description,
-            "normalisation": {"higher-is-better (proportions, AUCs)": "v",
-                              **{f"lower: {', '.join(p)}": f for f, p in lower.items()}},
-            "columns": "every metric with a direction; lower-is-better metrics without a map are excluded",
-            "missing": "score over the present columns; missing (metric, dataset) pairs listed per model",
-            "categories": {"adaptation": "'shot' in the name or active_learning*",
-                           "prediction": "loss, nll, brier, mce, accuracy, prec@1, subpop/*",
-                           "uncertainty": "everything else (calibration, selective prediction, OOD, label uncertainty)"},
-        },
-        "common": {"dropped": "1-shot columns; shifted variants family/x whose family average is present, and "
-                              "breakdowns group/metric@family (per severity, per corruption) whose metric@family is present", "num_classes": "K for loss/nll: override > num_classes column > dataset registry",
-                   "baseline": "normalised value / baseline's normalised value per column (0, or <= 0 for plexbench, -> NaN)",
-                   "scale": "x100"},
-    }
+    """Each preset's declared normalisations, for the leaderboard's JSON sidecar."""
+    from plexbench.metrics.vocabulary import declared
 
-
-def category(metric: str, preset: str = "paper") -> str:
-    """Category of a metric under a preset: 'prediction', 'uncertainty' or 'adaptation'."""
-    return PRESETS.get(preset).category(metric)
+    out = {}
+    for name, preset in PRESETS.items():
+        maps: dict[str, list[str]] = {}
+        for info in declared():
+            norm = info.normalisation(name)
+            if norm is not None:
+                key = NORMALISATIONS[norm].formula + (f" ({info.paper_note})" if name == "paper" and info.paper_note else "")
+                maps.setdefault(key, []).append(info.name)
+        out[name] = {"description": preset.description,
+                     "normalisation": {f: ", ".join(m) for f, m in maps.items()},
+                     "missing": ("NaN score, category score and mean rank when any of their columns is missing"
+                                 if preset.strict_missing else
+                                 "score over the present columns; missing (metric, dataset) pairs listed per model")}
+    out["common"] = {
+        "columns": "metrics declared with a map for the preset (plexbench.metrics.vocabulary); others excluded",
+        "categories": "the category column of metrics_long.csv, declared by the task kind (or the metric)",
+        "dropped": "rows with a score_exclusion declared by their task kind (1-shot probes, shift cells and "
+                   "breakdowns of a family average)",
+        "num_classes": "K for loss/nll: override > num_classes column > dataset registry",
+        "baseline": "normalised value / baseline's normalised value per column (0, or <= 0 for plexbench, -> NaN)",
+        "scale": "x100"}
+    return out
 
 
 # --------------------------------------------------------------------------- the table
@@ -297,29 +191,23 @@ def resolve_num_classes(datasets: Iterable[str], long: pd.DataFrame | None = Non
                         overrides: Mapping[str, int] | None = None) -> dict[str, int]:
     """K for each dataset: override > `num_classes` column of `long` > dataset registry.
 
-    Each source is asked for the name itself, then its family (`family/variant` ->
-    `family`), then the family without a `_corrupted` suffix. Raises PlexbenchError naming
-    the dataset when none knows it.
+    The registry knows datasets and shift families (a family average such as
+    `cifar10_corrupted` and its members `cifar10_corrupted/snow_3` have the family's K).
+    Raises PlexbenchError naming the dataset when no source knows it.
     """
     overrides = dict(overrides or {})
     column = _num_classes_column(long)
     out = {}
     for name in datasets:
-        names = _dataset_candidates(name)
-        k = next((overrides[n] for n in names if n in overrides), None)
+        k = overrides.get(name)
         k = k if k is not None else column.get(name)
-        k = k if k is not None else next((r for r in map(_registry_num_classes, names) if r is not None), None)
+        k = k if k is not None else _registry_num_classes(name)
         if k is None or not float(k).is_integer() or int(k) < 2:
             raise PlexbenchError(
                 f"number of classes unknown for dataset '{name}' (needed to normalise nll/loss); "
                 "add a num_classes column to metrics_long.csv or pass --num-classes NAME=K")
         out[name] = int(k)
     return out
-
-
-def _dataset_candidates(name: str) -> list[str]:
-    family = name.split("/", 1)[0]
-    return list(dict.fromkeys([name, family, re.sub(r"_corrupted$", "", family)]))
 
 
 def _num_classes_column(long: pd.DataFrame | None) -> dict[str, float]:
@@ -335,14 +223,12 @@ def _num_classes_column(long: pd.DataFrame | None) -> dict[str, float]:
 
 
 def _registry_num_classes(name: str) -> int | None:
-    try:
-        from plexbench.data.registry import get_dataset
-    except ImportError:
-        return None
-    try:
-        return int(get_dataset(name).num_classes)
-    except (PlexbenchError, KeyError, TypeError, ValueError, AttributeError):
-        return None
+    """K of a registered dataset, or of a shift family (its members share the K), else None."""
+    from plexbench.data.registry import DATASETS, FAMILIES
+
+    if name in FAMILIES and FAMILIES[name]:
+        name = FAMILIES[name][0]
+    return int(DATASETS.get(name).num_classes) if name in DATASETS else None
 
 
 # --------------------------------------------------------------------------- the score
@@ -390,44 +276,58 @@ class ScoreResult:
     missing: dict[str, list[Column]] = field(default_factory=dict)
 
 
-def plan_columns(columns: Sequence[Column], preset: Preset, *, include: Sequence[str] | None = None,
-                 exclude: Sequence[str] | None = None) -> tuple[list[ScoredColumn], list[dict]]:
+@dataclass(frozen=True)
+class ColumnFacts:
+    """What the results declare about one (metric, dataset) column (its first row's facts)."""
+
+    category: str
+    score_exclusion: str = ""
+
+
+def column_facts(long: pd.DataFrame) -> dict[Column, ColumnFacts]:
+    """Category and score exclusion of every column of a long table, from its `category` and
+    `score_exclusion` columns (the declarations the task kinds wrote); a table without them (one
+    written by hand) takes each metric's declared category and scores every column."""
+    has_cat, has_excl = "category" in long.columns, "score_exclusion" in long.columns
+    out: dict[Column, ColumnFacts] = {}
+    cats = long["category"] if has_cat else [""] * len(long)
+    excl = long["score_exclusion"] if has_excl else [""] * len(long)
+    for metric, dataset, cat, why in zip(long["metric"], long["dataset"], cats, excl):
+        col = Column(metric, dataset)
+        if col in out:
+            continue
+        if not isinstance(cat, str) or not cat:
+            info = find_metric(metric)
+            cat = info.category if info else ""
+        out[col] = ColumnFacts(cat, why if isinstance(why, str) else "")
+    return out
+
+
+def plan_columns(columns: Sequence[Column], preset: Preset, facts: Mapping[Column, ColumnFacts], *,
+                 include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+                 ) -> tuple[list[ScoredColumn], list[dict]]:
     """Split columns into scored ones (with their normalisation and category) and excluded ones.
 
-    `include` / `exclude`: fnmatch patterns on `metric@dataset`; a column must match some
-    include pattern (when given) and no exclude pattern. Besides, 1-shot columns, the
-    cells of a shift family (`family/variant`) whose average `metric@family` is also present,
-    and the breakdowns `group/metric@family` of such an average (per severity, per corruption)
-    are excluded (each with its reason).
+    `include` / `exclude`: the user's selection of `metric@dataset` columns
+    (`plexbench.results_schema.user_selection`). A column with a declared score exclusion, or
+    without a map in the preset, or without a category, is excluded with its reason.
     """
+    from plexbench.results_schema import user_selection
+
     scored, excluded = [], []
-    present = set(columns)
-    families = {c.dataset.split("/", 1)[0] for c in columns if "/" in c.dataset}
-    families |= {c.dataset for c in columns if c.dataset.endswith("_corrupted")}
     for col in columns:
-        text = str(col)
-        family = col.dataset.split("/", 1)[0]
-        reason = ""
-        if include and not any(fnmatch.fnmatchcase(text, p) for p in include):
-            reason = "not selected by --include"
-        elif exclude and any(fnmatch.fnmatchcase(text, p) for p in exclude):
-            reason = "removed by --exclude"
-        elif shot_count(col.metric) == 1:
-            reason = "1-shot column (dropped as in the paper)"
-        elif family != col.dataset and Column(col.metric, family) in present:
-            reason = f"one shifted variant; the average over the family ({family}) is scored instead"
-        elif col.dataset in families and "/" in col.metric and \
-                Column(col.metric.rsplit("/", 1)[1], col.dataset) in present:
-            overall = col.metric.rsplit("/", 1)[1]
-            reason = f"a breakdown of the family average; {overall}@{col.dataset} is scored instead"
+        fact = facts.get(col, ColumnFacts(""))
+        reason = user_selection(str(col), include, exclude) or fact.score_exclusion
+        if not reason:
+            norm, note = preset.normalisation(col.metric)
+            if norm is None:
+                reason = note
+            elif not fact.category:
+                reason = "no category declared"
         if reason:
             excluded.append({"metric": col.metric, "dataset": col.dataset, "reason": reason})
             continue
-        norm, note = preset.normalisation(col.metric)
-        if norm is None:
-            excluded.append({"metric": col.metric, "dataset": col.dataset, "reason": note})
-            continue
-        scored.append(ScoredColumn(col, norm, preset.category(col.metric), note=note))
+        scored.append(ScoredColumn(col, norm, fact.category, note=note))
     return scored, excluded
 
 
@@ -507,7 +407,8 @@ def compute_score(long: pd.DataFrame, *, preset: str = "paper", baseline: str | 
     p = PRESETS.get(preset)
     long = _complete_long(long)
     raw = wide_table(long)
-    plan, excluded = plan_columns([parse_column(c) for c in raw.columns], p, include=include, exclude=exclude)
+    plan, excluded = plan_columns([parse_column(c) for c in raw.columns], p, column_facts(long),
+                                  include=include, exclude=exclude)
     if not plan:
         raise PlexbenchError(f"no column can be scored with preset '{preset}' "
                              f"(excluded: {', '.join(sorted({e['reason'] for e in excluded})) or 'none'})")
@@ -533,6 +434,13 @@ def _complete_long(long: pd.DataFrame) -> pd.DataFrame:
     return long.assign(**extra) if extra else long
 
 
+def categories_of(plan: Sequence[ScoredColumn]) -> list[str]:
+    """The categories a score reports: the spec's three always (NaN when empty), then any category a
+    task kind added, in order of first appearance."""
+    extra = [c for c in dict.fromkeys(s.category for s in plan) if c not in CATEGORIES]
+    return list(CATEGORIES) + extra
+
+
 def _summarise(p: Preset, baseline, norm, half, plan, excluded) -> ScoreResult:
     ranks, best = rank_table(norm), best_table(norm)
     all_cols = [s.key for s in plan]
@@ -541,7 +449,7 @@ def _summarise(p: Preset, baseline, norm, half, plan, excluded) -> ScoreResult:
     counts = pd.DataFrame({"n_columns": [len(all_cols) - len(missing[m]) for m in norm.index],
                            "n_missing": [len(missing[m]) for m in norm.index]}, index=norm.index)
     parts.append(counts)
-    for cat in CATEGORIES:
+    for cat in categories_of(plan):
         cols = [s.key for s in plan if s.category == cat]
         parts.append(_scope_summary(norm, half, ranks, best, cols, p.strict_missing, f"{cat}_"))
     summary = pd.concat(parts, axis=1)

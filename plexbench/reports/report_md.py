@@ -8,20 +8,21 @@ demo's stage timings `demo.json`. Nothing is recomputed from data or models.
 Sections, in order:
 
 1. **Reliability score**, per model group. Models are grouped by their number of classes K
-   (the `num_classes` column of `metrics_long.csv`; one group when the column is absent): the
+   (the `model_num_classes` column of `metrics_long.csv`; one group when it is unknown): the
    runner gives a 6-class model other tasks than a 10-class one, so a single ranking would
    compare numbers measured on different tasks (and the paper preset, which needs every
    column, would give every model NaN). Within a group both presets are computed with
    `plexbench.reports.reliability_score.compute_score` on the group's rows, exactly as the
    leaderboard computes them.
-2. **Key metrics per task**, in suite order: one table per task, a row per model, the kind's
-   headline metrics (`KEY_METRICS`) on the task's main dataset(s) (rows whose dataset holds no
-   '/', so a shift task shows its family averages). Every cell is `value [ci_low, ci_high]`
+2. **Key metrics per task**, in suite order: one table per task, a row per model, the headline
+   columns its kind declared (`TaskKind.headline`, resolved into each task JSON's `headline`;
+   a shift task shows its family averages). Every cell is `value [ci_low, ci_high]`
    (the task's percentile bootstrap; no interval when the task computed none), `n` is the
    number of examples of the first metric; the best model per column is bold (direction from
    `plexbench.reports.columns.direction`; ties all bold).
 3. **Figures**: the PNG files under `plots/` (any depth), embedded with relative links, grouped
-   by figure kind (`FIGURE_KINDS`, matched on the file name prefix).
+   by figure kind as listed in each plot folder's `figures.json` (written by
+   `plexbench.reports.plots`); PNGs it does not list go under "Other figures".
 4. **Models**: source, K, members, parameters, FLOPs per example, weights hash (from run.json).
 5. **Provenance and timings**: versions, commit, platform, suite and task versions, run options,
    the last run's time, per (task, model) compute seconds from the task files (the time when the
@@ -33,10 +34,8 @@ Numbers are printed with 4 decimals (scores x100 with 1), missing ones as `–`.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -45,47 +44,15 @@ import pandas as pd
 from plexbench import fileio
 from plexbench.errors import PlexbenchError
 from plexbench.reports import reliability_score, tables
-from plexbench.reports.columns import direction, is_shot_metric
-from plexbench.reports.results import Results, load_results
+from plexbench.reports.columns import direction
+from plexbench.reports.model_groups import ModelGroup, group_results, model_groups  # noqa: F401 (re-exported)
+from plexbench.results_schema import MAX_HEADLINE, Results, load_results
 
 REPORT_NAME = "report.md"
 DEMO_JSON = "demo.json"
 PRESETS = ("paper", "plexbench")
 MISSING = tables.MISSING_MD
-MAX_KEY_COLUMNS = 8
-DEMO_STAGES = ("data", "run", "leaderboard", "plots", "report")  # the stages of `plexbench demo`, in order
-
-# Headline metrics per task kind: fnmatch patterns on metric names, in column order.
-KEY_METRICS: dict[str, tuple[str, ...]] = {
-    "in_distribution": ("accuracy", "nll", "brier"),
-    "calibration": ("ece", "adaptive_ece", "rms_ce", "calib_auc"),
-    "selective_prediction": ("oc_acc@1%", "oc_acc@5%", "aurc", "eaurc"),
-    "covariate_shift": ("accuracy", "nll", "ece", "brier", "mce", "severity_5/accuracy"),
-    "subpopulation": ("accuracy", "subpop/mean", "subpop/p05", "subpop/median", "subpop/variance"),
-    "ood": ("ood/*/msp/auroc", "ood/*/entropy/auroc", "ood/*/mlogit/auroc", "ood/*/maha/auroc",
-            "ood/*/rmaha/auroc", "ood/*/msp/fpr95"),
-    "label_uncertainty": ("soft_ce", "soft_cross_entropy", "ged", "accuracy", "nll"),
-}
-# Figure kinds by file-name prefix, in the order the report shows them.
-FIGURE_KINDS = (
-    ("radar", "Reliability radar"),
-    ("score_vs", "Score against cost"),
-    ("reliability", "Reliability diagrams"),
-    ("risk_coverage", "Risk-coverage curves"),
-    ("shift", "Covariate shift by severity"),
-    ("subpopulation", "Subpopulation accuracies"),
-    ("ood_roc", "OOD detection: ROC curves"),
-    ("ood_hist", "OOD detection: score histograms"),
-)
-
-
-@dataclass(frozen=True)
-class ModelGroup:
-    """Models scored against each other: `slug` names their plot folder, `title` their section."""
-
-    slug: str
-    title: str
-    models: tuple[str, ...]
+DEMO_STAGES = ("data", "run", "leaderboard", "plots", "compare", "report")  # the stages of `plexbench demo`
 
 
 # --------------------------------------------------------------------------- entry points
@@ -112,6 +79,7 @@ def render_report(results_dir: str | Path) -> str:
     parts = [
         _title(results_dir, run, results),
         _score_section(results.long, groups, results_dir),
+        _reproducibility_section(results_dir),
         _task_section(results, run),
         _figure_section(results_dir),
         _models_section(results, run),
@@ -133,56 +101,6 @@ def read_demo_json(results_dir: str | Path) -> dict:
     if not isinstance(doc, dict):
         raise PlexbenchError(f"{path}: expected a JSON object")
     return doc
-
-
-# --------------------------------------------------------------------------- model groups
-
-
-def model_groups(long: pd.DataFrame) -> list[ModelGroup]:
-    """Models grouped by their number of classes (the `num_classes` column of their rows other than
-    few-shot rows), see the module docstring.
-
-    Groups are ordered by the first appearance of their first model; models keep their order of
-    first appearance. The slug is the dataset of the group's first row (e.g. `fashion_mnist`,
-    `fashion_mnist6`), made unique with `-2`, `-3`, ... With no `num_classes` column, or a
-    model with no K, everything is one group named after the first row's dataset.
-
-    >>> df = pd.DataFrame({"model": ["a", "b", "c"], "dataset": ["x", "x6", "x"], "num_classes": [10, 6, 10]})
-    >>> [(g.slug, g.models) for g in model_groups(df)]
-    [('x', ('a', 'c')), ('x6', ('b',))]
-    """
-    models = list(dict.fromkeys(long["model"]))
-    if "num_classes" not in long.columns or long["num_classes"].isna().any():
-        return [ModelGroup(_slug(str(long["dataset"].iloc[0])), "all models", tuple(models))]
-    # A few-shot row's K is its probe's (the target dataset's classes), not the model's: a
-    # model's K comes from its other rows when it has any.
-    own = long[~long["metric"].map(is_shot_metric)]
-    k_of = {m: int(k) for m, k in zip(long["model"], long["num_classes"])}
-    k_of.update({m: int(k) for m, k in zip(own["model"], own["num_classes"])})
-    first_dataset = {m: d for m, d in zip(long["model"][::-1], long["dataset"][::-1])}  # first row wins
-    by_k: dict[int, list[str]] = {}
-    for m in models:
-        by_k.setdefault(k_of[m], []).append(m)
-    out, used = [], set()
-    for k, members in by_k.items():
-        slug = base = _slug(first_dataset[members[0]])
-        i = 2
-        while slug in used:
-            slug, i = f"{base}-{i}", i + 1
-        used.add(slug)
-        out.append(ModelGroup(slug, f"{k}-class models", tuple(members)))
-    return out
-
-
-def group_results(results: Results, group: ModelGroup) -> Results:
-    """`results` restricted to the group's models (rows and task files; run.json kept)."""
-    keep = set(group.models)
-    long = results.long[results.long["model"].isin(keep)].reset_index(drop=True)
-    return Results(results.dirs, long, [t for t in results.tasks if t.model in keep], results.runs)
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._+-" else "-" for ch in text).strip("-") or "models"
 
 
 # --------------------------------------------------------------------------- sections
@@ -241,6 +159,30 @@ def score_table(score: reliability_score.ScoreResult) -> str:
     return tables.markdown_table(head, rows)
 
 
+def _reproducibility_section(results_dir: Path) -> str:
+    """The verdict of `reproducibility.json` (written by `plexbench demo`), or nothing."""
+    from plexbench.reports.reproducibility import FILE_NAME
+
+    path = results_dir / FILE_NAME
+    if not path.is_file():
+        return ""
+    try:
+        v = json.loads(path.read_text(encoding="utf-8"))
+        lines = ["## Reproducibility", "",
+                 f"Compared with the reference `{v['reference']}`: **{v['reproduced']} of {v['compared']}** values "
+                 f"reproduced within rel {v['rtol']:g} / abs {v['atol']:g}; {v['differ']} differ; "
+                 f"{v['missing']} reference values not compared (tasks not run or at another version"
+                 + (f": {', '.join(v['missing_tasks'])}" if v.get("missing_tasks") else "") + ")."]
+        if v.get("largest_differences"):
+            lines += ["", tables.markdown_table(
+                ["model", "task", "metric@dataset", "this run", "reference"],
+                [[f"`{d['model']}`", f"`{d['task']}`", f"`{d['metric']}@{d['dataset']}`", _num(d["value"], 6),
+                  _num(d["reference"], 6)] for d in v["largest_differences"]]).rstrip("\n")]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PlexbenchError(f"cannot read {path}: {e}") from None
+    return "\n".join(lines) + "\n"
+
+
 def _task_section(results: Results, run: dict) -> str:
     lines = ["## Key metrics per task", "",
              "Each cell: value [95% bootstrap interval] (no interval where the task computes none); "
@@ -259,29 +201,30 @@ def _task_section(results: Results, run: dict) -> str:
         lines += ["", f"### `{task}` ({kind}, v{version})", ""]
         if description:
             lines += [description[0].upper() + description[1:] + ".", ""]
-        prefix = common_prefix([m for m, _ in key_columns(rows, kind)])
+        cols = key_columns(results, task)
+        prefix = common_prefix([m for m, _ in cols])
         if prefix:
             lines += [f"Metrics under `{prefix}`:", ""]
-        lines.append(task_table(rows, kind).rstrip("\n"))
+        lines.append(task_table(rows, cols).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
-def key_columns(rows: pd.DataFrame, kind: str) -> list[tuple[str, str]]:
-    """(metric, dataset) pairs shown for a task: KEY_METRICS of its kind on datasets without '/'.
+def key_columns(results: Results, task: str) -> list[tuple[str, str]]:
+    """(metric, dataset) pairs shown for a task: the headline columns its kind declared (each
+    task JSON's `headline`, over the task's models in order); without any, the task's first
+    columns. At most `MAX_HEADLINE`."""
+    pairs: list[tuple[str, str]] = []
+    for rec in results.tasks:
+        if rec.task == task:
+            pairs += [p for p in rec.headline if p not in pairs]
+    if not pairs:
+        rows = results.long[results.long["task"] == task]
+        pairs = list(dict.fromkeys(zip(rows["metric"], rows["dataset"])))
+    return pairs[:MAX_HEADLINE]
 
-    Unknown kinds (or no match) show the task's first metrics. At most MAX_KEY_COLUMNS.
-    """
-    main = rows[~rows["dataset"].str.contains("/", regex=False)]
-    pairs = list(dict.fromkeys(zip(main["metric"], main["dataset"])))
-    chosen: list[tuple[str, str]] = []
-    for pattern in KEY_METRICS.get(kind, ()):
-        chosen += [p for p in pairs if fnmatch.fnmatchcase(p[0], pattern) and p not in chosen]
-    return (chosen or pairs)[:MAX_KEY_COLUMNS]
 
-
-def task_table(rows: pd.DataFrame, kind: str) -> str:
-    """One task's key-metric table (see the module docstring, section 2)."""
-    cols = key_columns(rows, kind)
+def task_table(rows: pd.DataFrame, cols: Sequence[tuple[str, str]]) -> str:
+    """One task's key-metric table over the (metric, dataset) columns `cols` (module docstring, section 2)."""
     several = len({d for _, d in cols}) > 1
     prefix = common_prefix([m for m, _ in cols])
     head = ["model", *(f"{m[len(prefix):]} @{d}" if several else m[len(prefix):] for m, d in cols), "n"]
@@ -322,6 +265,8 @@ def common_prefix(metrics: Sequence[str]) -> str:
 
 
 def _figure_section(results_dir: Path) -> str:
+    from plexbench.reports.plots import MANIFEST, figure_titles
+
     plots = results_dir / "plots"
     pngs = sorted(plots.rglob("*.png")) if plots.is_dir() else []
     if not pngs:
@@ -330,12 +275,14 @@ def _figure_section(results_dir: Path) -> str:
     by_folder: dict[Path, list[Path]] = {}
     for p in pngs:
         by_folder.setdefault(p.parent, []).append(p)
+    titles = figure_titles()
     for folder, files in by_folder.items():
         rel_folder = folder.relative_to(results_dir).as_posix()
         if len(by_folder) > 1:
             lines += ["", f"### `{rel_folder}/`"]
-        for prefix, title in FIGURE_KINDS + (("", "Other figures"),):
-            mine = [f for f in files if _figure_kind(f.name) == prefix]
+        kind_of = _manifest_kinds(folder / MANIFEST)
+        for kind, title in list(titles.items()) + [("", "Other figures")]:
+            mine = [f for f in files if kind_of.get(f.name, "") == kind]
             if not mine:
                 continue
             lines += ["", f"**{title}**", ""]
@@ -343,10 +290,13 @@ def _figure_section(results_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure_kind(name: str) -> str:
-    """The FIGURE_KINDS prefix a file name starts with ('' for none); the longest prefix wins."""
-    hits = [p for p, _ in FIGURE_KINDS if name.startswith(p + "_") or name.startswith(p + ".")]
-    return max(hits, key=len) if hits else ""
+def _manifest_kinds(path: Path) -> dict[str, str]:
+    """PNG file name -> figure kind from a plot folder's figures.json ({} when absent or unreadable)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return {str(f["file"]): str(f["figure"]) for f in doc.get("figures", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
 
 
 def _models_section(results: Results, run: dict) -> str:

@@ -6,14 +6,14 @@ Two sources:
 - `kmeans_per_class` (the embedded suite's declared grouping): for each class c, k-means with
   `clusters_per_class` clusters on the training images of class c; group id = c *
   clusters_per_class + j. With Fashion-MNIST's 10 classes and 3 clusters per class that is
-  exactly 30 groups, 3 per class. Exactly:
+  exactly 30 groups, 3 per class. Exactly (PCA and k-means are scikit-learn's):
   1. features: pixels as float64 in [0, 1] (x / 255), flattened (H*W*C);
-  2. PCA: the top `pca_dims` eigenvectors of the covariance of ALL the fit images (every
-     clustered class), centred on their mean (`pca`, seeded with `seed`). PCA removes pixel noise so the
-     clusters follow shape and brightness; eigenvector signs do not matter for distances;
-  3. per class: k-means (Lloyd) in the PCA space, k-means++ initialisation from
-     numpy.random.default_rng(seed + c), `n_init` restarts, the lowest within-cluster sum of
-     squares kept; at most `max_iter` iterations, stopping when no assignment changes;
+  2. PCA: `sklearn.decomposition.PCA(pca_dims, random_state=seed)` fitted on ALL the fit images
+     (every clustered class), centred on their mean. PCA removes pixel noise so the clusters
+     follow shape and brightness; component signs do not matter for distances;
+  3. per class c: `sklearn.cluster.KMeans(clusters_per_class, init="k-means++", n_init=n_init,
+     random_state=seed + c)` (Lloyd; the restart with the lowest within-cluster sum of squares
+     is kept) in the PCA space;
   4. a class's clusters are numbered by decreasing size (ties: by the centroid's first
      coordinate), so group ids do not depend on the initialisation order;
   5. an evaluated example goes to the nearest centroid (Euclidean, PCA space) among the
@@ -60,74 +60,29 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
     return images.reshape(images.shape[0], -1).astype(np.float64) / 255.0
 
 
-def pca(x: np.ndarray, dims: int, *, seed: int = 0, iterations: int = 30, oversample: int = 16
-        ) -> tuple[np.ndarray, np.ndarray]:
-    """(mean (F,) float64, components (F, dims) float64): the top eigenvectors of the covariance
-    C = X_c^T X_c / n, largest eigenvalue first.
+def pca(x: np.ndarray, dims: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (F,) float64, components (F, dims) float64): scikit-learn's PCA of `x`, largest
+    variance first."""
+    from sklearn.decomposition import PCA
 
-    C is accumulated in float32 (4x faster than float64 on pixel data), then the top eigenvectors
-    come from block power (subspace) iteration: Q0 Gaussian (F, dims + oversample) from
-    numpy.random.default_rng(seed), `iterations` times Q = qr(C Q), then Rayleigh-Ritz (eigh of
-    Q^T C Q). A full eigh of a 784x784 or 3072x3072 matrix costs seconds on a small machine;
-    this costs milliseconds and agrees on the leading directions.
-    """
-    mean = x.mean(axis=0)
-    centred = (x - mean).astype(np.float32)
-    cov = (centred.T @ centred).astype(np.float64) / max(x.shape[0], 1)
-    width = min(dims + oversample, cov.shape[0])
-    q = np.random.default_rng(seed).standard_normal((cov.shape[0], width))
-    for _ in range(iterations):
-        q, _ = np.linalg.qr(cov @ q)
-    values, vectors = np.linalg.eigh(q.T @ cov @ q)  # ascending
-    order = np.argsort(values)[::-1][:dims]
-    return mean, q @ vectors[:, order]
+    fitted = PCA(dims, random_state=seed).fit(x)
+    return fitted.mean_.astype(np.float64), fitted.components_.T.astype(np.float64)
 
 
-def kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 10, max_iter: int = 100) -> np.ndarray:
-    """Centroids (k, P) of Lloyd's k-means with k-means++ starts; the best of `n_init` restarts.
+def kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 10) -> np.ndarray:
+    """Centroids (k, P) of scikit-learn's k-means (k-means++ starts, the best of `n_init` restarts).
 
-    Needs at least k points. Deterministic for a given seed. An empty cluster (possible only
-    with duplicate points) keeps its previous centroid.
-    """
+    Needs at least k points; deterministic for a given seed."""
+    from sklearn.cluster import KMeans
+
     if x.shape[0] < k:
         raise ValueError(f"k-means needs at least {k} points, got {x.shape[0]}")
-    rng = np.random.default_rng(seed)
-    best, best_inertia = None, np.inf
-    for _ in range(n_init):
-        centres = _kmeans_pp(x, k, rng)
-        assign = None
-        for _ in range(max_iter):
-            dist = _sq_distances(x, centres)
-            new = dist.argmin(axis=1)
-            if assign is not None and np.array_equal(new, assign):
-                break
-            assign = new
-            for j in range(k):
-                members = x[assign == j]
-                if len(members):
-                    centres[j] = members.mean(axis=0)
-        inertia = _sq_distances(x, centres).min(axis=1).sum()
-        if inertia < best_inertia:
-            best, best_inertia = centres.copy(), inertia
-    return best
+    return KMeans(k, init="k-means++", n_init=n_init, random_state=seed).fit(x).cluster_centers_.astype(np.float64)
 
 
 def _sq_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """(N, k) squared Euclidean distances, by broadcasting (exact; k is a handful here, and a
-    skinny BLAS product is slower than this on small machines)."""
+    """(N, k) squared Euclidean distances, by broadcasting (exact; k is a handful here)."""
     return ((x[:, None, :] - centres[None, :, :]) ** 2).sum(axis=-1)
-
-
-def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++: the first centre uniformly, each next with probability proportional to D(x)^2."""
-    centres = [x[rng.integers(x.shape[0])]]
-    closest = _sq_distances(x, np.asarray(centres)).min(axis=1)
-    for _ in range(1, k):
-        total = closest.sum()
-        index = rng.choice(x.shape[0], p=closest / total) if total > 0 else rng.integers(x.shape[0])
-        centres.append(x[index])
-        closest = np.minimum(closest, _sq_distances(x, x[index][None]).ravel())
-    return np.array(centres, dtype=np.float64)
 
 
 def fit_kmeans_per_class(images: np.ndarray, labels: np.ndarray, *, num_classes: int, clusters_per_class: int,

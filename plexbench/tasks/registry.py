@@ -103,13 +103,27 @@ def read_yaml_mapping(path: Path) -> dict:
 
 
 def _with_include(path: Path, data: dict) -> dict:
-    """Resolve `include:` (a file name relative to `path`'s directory); one level only."""
+    """Resolve `include:` (a file name relative to `path`'s directory); one level only.
+
+    The included file must stay inside that directory (the tasks directory): an absolute path, a
+    `..` component, or a symbolic link leading elsewhere is an error, so a task file can only
+    share fragments of its own tasks directory.
+    """
     if "include" not in data:
         return data
     name = data["include"]
     if not isinstance(name, str) or not name.endswith(".yaml"):
         raise PlexbenchError(S.FieldError("include", "a .yaml file name", name).message(path))
+    root = path.parent.resolve()
     base_path = path.parent / name
+    inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+    if inside:
+        try:
+            inside = base_path.resolve().is_relative_to(root)
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+    if not inside:
+        raise PlexbenchError(S.FieldError("include", f"a file inside the tasks directory {root}", name).message(path))
     if not base_path.is_file():
         raise PlexbenchError(S.FieldError("include", f"an existing file beside it ({base_path} not found)",
                                           name).message(path))

@@ -1,4 +1,4 @@
-"""Run a suite over models and write the results directory (plexbench.tasks.results).
+"""Run a suite over models and write the results directory (format: plexbench.results_schema).
 
 Per model, in the suite's task order:
 
@@ -13,26 +13,40 @@ Per model, in the suite's task order:
 4. the kind's `evaluate` on those predictions; the task JSON is written atomically at once, so an
    interrupted run keeps every finished (task, model) and resumes after it.
 
-`metrics_long.csv` (every task JSON of the suite's tasks in the directory, earlier models included)
-is rewritten after each model and at the end; `run.json` at the end.
+`metrics_long.csv` (every task JSON of the suite's tasks in the directory, earlier models and
+earlier runs' tasks included) is rewritten after each model and at the end, also when the run stops
+on an error; `run.json` at the end. Both are written holding a lock on the directory, and
+run.json is merged with the one on disk at that moment (models, tasks and datasets of every run into
+the directory are kept; timings, options and the computed/reused/skipped lists are this run's), so
+two runs into one directory, even at the same time, lose nothing.
+
+The results directory is checked to be writable before any work; temporary files that an
+interrupted earlier run left in it are removed (plexbench.fileio.remove_stale_temp_files).
 
 Smoke mode `limit=N`: every split is cut to its first N examples, and so is every subset a
-protocol reads (the Mahalanobis fit, a grouping's fit set).
+protocol reads (the Mahalanobis fit, a grouping's fit set). A task whose protocol cannot run on N
+examples (e.g. 25-shot probes with fewer than 25 examples of a class) is skipped with its reason,
+and the other tasks are written.
+
+Output: one overall progress display over the (task, model) pairs with the stage's ETA
+(plexbench.progress.overall), and at the end one summary of the skipped pairs (`skip_summary`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import sys
+import fcntl
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from plexbench import __version__, fileio, paths
-from plexbench.errors import PlexbenchError
+from plexbench import __version__, fileio, paths, progress
+from plexbench import results_schema as RS
+from plexbench.errors import PlexbenchError, shown
 from plexbench.tasks import registry as R
-from plexbench.tasks import results as RS
 from plexbench.tasks.kinds.base import EvalContext, Need, Split
 from plexbench.tasks.sources import FileModel, InferenceModel, ModelSource, Request, split_from_arrays
 from plexbench.tasks.spec import SuiteSpec, TaskSpec
@@ -188,16 +202,12 @@ def missing_datasets(tasks: Sequence[TaskSpec], data_dir) -> dict[str, list[str]
 def prepare_embedded(names: Sequence[str], data_dir) -> list[str]:
     """Prepare the embedded datasets among `names` (offline); returns the names still missing."""
     from plexbench.data import registry as D
+    from plexbench.data.prepare import prepare
 
-    left = []
-    for name in names:
-        if D.get_dataset(name).embedded:
-            from plexbench.data.prepare import prepare
-
-            prepare(name, paths.data_dir(data_dir))
-        else:
-            left.append(name)
-    return left
+    embedded = [n for n in names if D.get_dataset(n).embedded]
+    for name in progress.track(embedded, len(embedded), "prepare embedded datasets", unit="ds"):
+        prepare(name, paths.data_dir(data_dir))
+    return [n for n in names if n not in embedded]
 
 
 # --------------------------------------------------------------------------- running
@@ -211,9 +221,12 @@ def run(options: RunOptions, extra_models: Sequence[ModelSource] = (), context: 
     """
     started = time.perf_counter()
     suite, tasks = load_suite_tasks(options)
+    all_tasks = R.load_suite(options.suite, options.tasks_dir)[1]  # metrics_long.csv lists them all
+    out = fileio.check_output_dir(options.out_dir, "results directory (--out)")
     sources = make_sources(options) + list(extra_models)
     _check_unique(sources)
-    out = Path(options.out_dir)
+    paths.store_dir(options.store_dir)  # a file, or under one: an error now (a read-only store is fine to read)
+    fileio.remove_stale_temp_files(out)
     report = RunReport(out)
     missing = _ensure_data(tasks, sources, options)
     previous = _read_json(out / "run.json")
@@ -221,19 +234,29 @@ def run(options: RunOptions, extra_models: Sequence[ModelSource] = (), context: 
     inference_timings: list[dict] = []
     task_timings: list[dict] = []
     models_info: dict[str, dict] = {}
-    for model in sources:
-        candidates = [t for t in tasks if _skip_reason(t, model, R.get_kind(t.kind), missing) is None]
-        preds = ModelPredictions(model, plan_requests(candidates, options), options, inference_timings)
-        last_use = _last_use(tasks, preds)
-        for i, task in enumerate(tasks):
-            _run_one(task, model, preds, options, ctx, missing, report, task_timings)
-            preds.release([key for key, last in last_use.items() if last == i])
-        models_info[model.name] = _model_info(model, previous, options)
-        _write_long(out, suite, tasks)
-    report.seconds = time.perf_counter() - started
-    _write_run_json(out, suite, tasks, sources, models_info, previous, options, report,
-                    inference_timings, task_timings)
-    _write_long(out, suite, tasks)
+    display = progress.overall(len(sources) * len(tasks), "run", unit="result") if options.verbose \
+        else contextlib.nullcontext()
+    try:
+        with display as shown:
+            for model in sources:
+                candidates = [t for t in tasks if _skip_reason(t, model, R.get_kind(t.kind), missing) is None]
+                preds = ModelPredictions(model, plan_requests(candidates, options), options, inference_timings)
+                last_use = _last_use(tasks, preds)
+                for i, task in enumerate(tasks):
+                    done = len(report.computed)
+                    _run_one(task, model, preds, options, ctx, missing, report, task_timings)
+                    if shown is not None and len(report.computed) > done:
+                        shown.advance()
+                    elif shown is not None:
+                        shown.drop()  # reused or skipped: no work, so not in the ETA
+                    preds.release([key for key, last in last_use.items() if last == i])
+                models_info[model.name] = _model_info(model, previous, options)
+                _write_long(out, all_tasks)
+        report.seconds = time.perf_counter() - started
+        _write_run_json(out, suite, tasks, all_tasks, models_info, options, report, inference_timings,
+                        task_timings)
+    finally:
+        _write_long(out, all_tasks)  # also after an error: every finished result is listed
     return report
 
 
@@ -281,7 +304,11 @@ def _ensure_data(tasks, sources, options) -> dict[str, list[str]]:
 
 
 def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report: RunReport, timings) -> None:
-    """Reuse, skip or compute one (task, model) result; a computed one is written at once."""
+    """Reuse, skip or compute one (task, model) result; a computed one is written at once.
+
+    With --limit, a task whose protocol cannot run on that many examples (a PlexbenchError from
+    its inputs or its kind) is skipped with the error as its reason; without a limit the error
+    stops the run (after metrics_long.csv is written, see `run`)."""
     kind = R.get_kind(task.kind)
     path = RS.task_result_path(options.out_dir, task.name, model.name)
     skip = _skip_reason(task, model, kind, missing)
@@ -296,17 +323,24 @@ def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report
         skip = _class_mismatch(task, kind, k)
     if skip is not None:
         report.skipped.append({"task": task.name, "model": model.name, "reason": skip})
-        _say(options, f"skip {task.name} for {model.name}: {skip}")
         return
     started = time.perf_counter()
-    inputs = {need.role: preds.split(need) for need in kind.needs(task)
-              if not (need.optional and model.missing(preds.request_for(need)))}
-    result = kind.evaluate(task, inputs, ctx)
+    if options.verbose:
+        progress.doing(f"{task.name} / {model.name}")
+    try:
+        inputs = {need.role: preds.split(need) for need in kind.needs(task)
+                  if not (need.optional and model.missing(preds.request_for(need)))}
+        result = kind.evaluate(task, inputs, ctx)
+    except PlexbenchError as e:
+        if options.limit is None:
+            raise
+        report.skipped.append({"task": task.name, "model": model.name,
+                               "reason": f"cannot run at --limit {options.limit}: {e}"})
+        return
     seconds = time.perf_counter() - started
-    RS.write_task_result(path, _task_doc(task, model, result, k, inputs_sha, options, seconds))
+    RS.write_task_result(path, _task_doc(task, kind, model, result, k, inputs_sha, options, seconds))
     report.computed.append((task.name, model.name))
     timings.append({"task": task.name, "model": model.name, "seconds": round(seconds, 3), "reused": False})
-    _say(options, f"{task.name} / {model.name}: {len(result.rows)} metrics in {seconds:.1f} s")
 
 
 def _class_mismatch(task, kind, k: int) -> str | None:
@@ -319,16 +353,25 @@ def _class_mismatch(task, kind, k: int) -> str | None:
     return None
 
 
+def fit_reason(task: TaskSpec, name: str, k: int | None) -> str | None:
+    """Why a model called `name` with `k` classes (None: not known yet) does not fit `task`, or None:
+    the task's `models:` filter, then the kind's class count (`TaskKind.num_classes`)."""
+    kind = R.get_kind(task.kind)
+    if task.models is not None and task.models.names is not None and name not in task.models.names:
+        return f"task is for models {', '.join(task.models.names)}"
+    if task.models is not None and k is not None and not task.models.accepts(name, k):
+        return f"task is for models with {task.models.describe()}; this one has {k} classes"
+    need_k = kind.num_classes(task)
+    if k is not None and need_k is not None and k != need_k:
+        return f"model has {k} classes, the task {need_k}"
+    return None
+
+
 def _skip_reason(task, model: ModelSource, kind, missing) -> str | None:
     """Why `task` does not run for `model` (decided without inference), or None."""
-    if task.models is not None and task.models.names is not None and model.name not in task.models.names:
-        return f"task is for models {', '.join(task.models.names)}"
-    known_k = model.num_classes()
-    if task.models is not None and known_k is not None and not task.models.accepts(model.name, known_k):
-        return f"task is for models with {task.models.describe()}; this one has {known_k} classes"
-    need_k = kind.num_classes(task)
-    if known_k is not None and need_k is not None and known_k != need_k:
-        return f"model has {known_k} classes, the task {need_k}"
+    fit = fit_reason(task, model.name, model.num_classes())
+    if fit is not None:
+        return fit
     absent = sorted({name for name, _ in kind.datasets(task) if name in missing})
     if absent and (isinstance(model, InferenceModel) or kind.reads_data):
         return f"dataset(s) not prepared: {', '.join(absent)}"
@@ -348,16 +391,10 @@ def inputs_fingerprint(task: TaskSpec, model: ModelSource, options: RunOptions) 
                                "plexbench": __version__})
 
 
-def _task_doc(task, model, result, k, inputs_sha, options, seconds) -> dict:
-    dataset = result.dataset or task.dataset.label
-    split = result.split or task.dataset.split
-    return {
-        "task": task.name, "kind": task.kind, "version": task.version, "model": model.name,
-        "dataset": dataset, "split": split, "metrics": RS.metrics_map(result.rows, dataset),
-        "rows": RS.rows_to_json(result.rows), "curves": result.curves, "info": result.info,
-        "num_classes": k, "bootstrap": task.bootstrap, "limit": options.limit,
-        "inputs_sha256": inputs_sha, "seconds": round(seconds, 3),
-    }
+def _task_doc(task, kind, model, result, k, inputs_sha, options, seconds) -> dict:
+    return RS.task_document(task=task, kind=kind, model=model.name, result=result, num_classes=k, extra={
+        "bootstrap": task.bootstrap, "limit": options.limit, "inputs_sha256": inputs_sha,
+        "seconds": round(seconds, 3)})
 
 
 def _model_info(model: ModelSource, previous: dict, options) -> dict:
@@ -370,32 +407,60 @@ def _model_info(model: ModelSource, previous: dict, options) -> dict:
     return model.info()
 
 
-def _write_long(out: Path, suite: SuiteSpec, tasks: Sequence[TaskSpec]) -> None:
-    """metrics_long.csv from every task JSON of the suite's tasks in `out` (suite order, then model name)."""
-    rows = []
-    for task in tasks:
-        for path in sorted((out / "tasks" / task.name).glob("*.json")):
-            doc = RS.read_task_result(path)
-            if doc is not None:
-                rows += RS.long_rows(doc)
-    RS.write_long_csv(out / "metrics_long.csv", rows)
+@contextlib.contextmanager
+def results_lock(out: Path):
+    """Exclusive lock on the results directory itself (flock on its file descriptor, so no lock
+    file is left in it) while run.json / metrics_long.csv are rewritten."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
-def _write_run_json(out, suite, tasks, sources, models_info, previous, options, report, inference, task_timings):
+def _write_long(out: Path, all_tasks: Sequence[TaskSpec]) -> None:
+    """metrics_long.csv from every task JSON of the suite's tasks in `out` (suite order, then model
+    name): all of the suite's tasks, not only this run's --tasks, so a run of some tasks keeps the
+    rows an earlier run wrote for others."""
+    with results_lock(out):
+        rows = []
+        for task in all_tasks:
+            for path in sorted((out / "tasks" / task.name).glob("*.json")):
+                doc = RS.read_task_result(path)
+                if doc is not None:
+                    rows += RS.long_rows(doc)
+        RS.write_long_csv(out / "metrics_long.csv", rows)
+
+
+def _write_run_json(out, suite, tasks, all_tasks, models_info, options, report, inference, task_timings):
+    """run.json, merged under the lock with the one on disk now (module docstring)."""
+    with results_lock(out):
+        current = _read_json(out / "run.json")
+        fileio.write_json(out / "run.json", _run_doc(current, suite, tasks, all_tasks, models_info, options, report,
+                                                     inference, task_timings))
+
+
+def _run_doc(current, suite, tasks, all_tasks, models_info, options, report, inference, task_timings) -> dict:
     from plexbench.provenance import provenance
 
-    models = dict(previous.get("models") or {})
+    same_suite = (current.get("suite") or {}).get("name") == suite.name
+    models = dict(current.get("models") or {}) if same_suite else {}
     models.update(models_info)
-    datasets = {}
+    earlier_tasks = dict(current.get("tasks") or {}) if same_suite else {}
+    datasets = dict(current.get("datasets") or {}) if same_suite else {}
     for task in tasks:
         for name, split in R.get_kind(task.kind).datasets(task):
             datasets[f"{name}:{split}"] = data_fingerprint(name, split, options.data_dir)
+    task_docs = {**earlier_tasks, **{t.name: {"kind": t.kind, "version": t.version, "sha256": fileio.sha256_file(t.path),
+                                              "spec": t.to_dict()} for t in tasks}}
+    task_names = [t.name for t in all_tasks if t.name in task_docs]  # suite order
     doc = {
         "provenance": provenance(),
         "suite": {"name": suite.name, "version": suite.version, "path": str(suite.path),
-                  "sha256": fileio.sha256_file(suite.path), "tasks": [t.name for t in tasks]},
-        "tasks": {t.name: {"kind": t.kind, "version": t.version, "sha256": fileio.sha256_file(t.path),
-                           "spec": t.to_dict()} for t in tasks},
+                  "sha256": fileio.sha256_file(suite.path), "tasks": task_names},
+        "tasks": {n: task_docs[n] for n in task_names},
         "models": models,
         "datasets": datasets,
         "seeds": {"inference": options.seed, "tasks": {t.name: t.seed for t in tasks}},
@@ -408,7 +473,7 @@ def _write_run_json(out, suite, tasks, sources, models_info, previous, options, 
         "reused": [list(x) for x in report.reused],
         "skipped": report.skipped,
     }
-    fileio.write_json(out / "run.json", doc)
+    return doc
 
 
 def _read_json(path: Path) -> dict:
@@ -421,9 +486,24 @@ def _read_json(path: Path) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def _say(options: RunOptions, line: str) -> None:
-    if options.verbose:
-        print(line, file=sys.stderr)
+def skip_summary(skipped: Sequence[dict]) -> list[str]:
+    """The skipped (task, model) pairs as a few lines: one per reason, with its tasks and models.
+
+    Example: 4 pairs skipped because 'task is for models with num_classes 6; this one has 10
+    classes' -> "  4 x task is for models with num_classes 6; this one has 10 classes:
+    fmnist6_in_distribution, fmnist_open_set (plex-mini, det-mini)".
+    """
+    if not skipped:
+        return []
+    by_reason: dict[str, list[dict]] = {}
+    for s in skipped:
+        by_reason.setdefault(s["reason"], []).append(s)
+    lines = [f"skipped {len(skipped)} (task, model) pair(s):"]
+    for reason, items in by_reason.items():
+        task_names = ", ".join(dict.fromkeys(s["task"] for s in items))
+        models = ", ".join(dict.fromkeys(s["model"] for s in items))
+        lines.append(f"  {len(items)} x {reason}: {task_names} ({models})")
+    return lines
 
 
 # --------------------------------------------------------------------------- dry run
@@ -459,9 +539,50 @@ def dry_run(options: RunOptions) -> list[str]:
             lines.append(f"  {shown}: {how}")
     else:
         lines.append("every dataset is prepared")
-    models = list(options.models) + list(options.callables) + list(options.predictions)
-    lines.append(f"models: {', '.join(models) or '(none given)'}")
+    lines += _dry_run_models(options, tasks)
     return lines
+
+
+def _dry_run_models(options: RunOptions, tasks: Sequence[TaskSpec]) -> list[str]:
+    """Per model: its class count and which tasks it runs. Unknown names fail here, as in `run`.
+
+    Registry models are looked up (no weights are read); prediction files are found and one is
+    read for K; a `--model MODULE:FUNCTION` is not imported (that runs its code): its K is only
+    known after its first forward pass, so the tasks are listed for each K the suite's tasks need.
+    """
+    from plexbench.models.registry import get_model
+
+    unknown = sorted(set(options.checkpoints) - set(options.models))
+    if unknown:
+        raise PlexbenchError(f"--checkpoint given for {', '.join(unknown)}, which is not in --models")
+    models: list[tuple[str, int | None, str]] = []
+    for name in options.models:
+        entry = get_model(name)
+        weights = name in options.checkpoints or (entry.checkpoint is not None and Path(entry.checkpoint).exists())
+        source = "registry" if weights else f"registry, needs --checkpoint {name}=PATH"
+        models.append((name, getattr(entry.config, "num_classes", None), source))
+    for spec in options.callables:
+        if spec.count(":") != 1 or not all(spec.split(":")):
+            raise PlexbenchError(f"--model {shown(spec)} is not of the form package.module:function")
+        models.append((spec, None, "callable, not imported by --dry-run"))
+    for name, where in options.predictions.items():
+        models.append((name, FileModel(name, where).num_classes(), "prediction files"))
+    if not models:
+        return ["models: (none given)"]
+    lines = ["models:"]
+    for name, k, source in models:
+        if k is not None:
+            lines.append(f"  {name} ({source}, {k} classes): " + _tasks_for(tasks, name, k))
+            continue
+        needed = sorted({n for n in (R.get_kind(t.kind).num_classes(t) for t in tasks) if n is not None})
+        lines.append(f"  {name} ({source}): classes known after its first forward pass; "
+                     + "; ".join(f"with {n} classes: {_tasks_for(tasks, name, n)}" for n in needed))
+    return lines
+
+
+def _tasks_for(tasks: Sequence[TaskSpec], name: str, k: int) -> str:
+    runs = [t.name for t in tasks if fit_reason(t, name, k) is None]
+    return f"runs {len(runs)} of {len(tasks)} tasks ({', '.join(runs) or 'none'})"
 
 
 def _compact(names: Sequence[str]) -> str:

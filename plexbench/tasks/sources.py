@@ -10,6 +10,9 @@
   or is written `--` (`fashion_mnist_corrupted--gaussian_noise_3__test.npz`).
   DIR_OR_FILES is a directory holding such files, or a comma-separated list of the files. Rows
   must be the split's examples in dataset order (ids 0..N-1; a file may hold only the first N).
+  That order is checked: a file's `ids`, when present, must be 0..N-1 in order; and when the
+  split is prepared (and fits in memory) the file's `labels` must equal the split's first N
+  labels, which catches rows in another order also in files without ids.
   Preprocessing overrides of a task (e.g. digits resized to 28x28) are the file writer's business:
   the file is used as it is.
 """
@@ -51,12 +54,45 @@ _MEMBER_AXIS_KEYS = ("member_logits", "member_probs")
 
 
 def take_rows(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
-    """Rows `index` of prediction-format arrays (member arrays and 3-D embeddings along axis 1)."""
+    """Rows `index` of prediction-format arrays (member arrays and 3-D embeddings along axis 1).
+
+    Scalars (0-d arrays such as `format_version`, written by `plexbench predict --out`) have no
+    rows and are kept as they are."""
     out = {}
     for key, value in arrays.items():
+        if np.ndim(value) == 0:
+            out[key] = value
+            continue
         axis = 1 if key in _MEMBER_AXIS_KEYS or (key == "embeddings" and value.ndim == 3) else 0
         out[key] = np.take(value, index, axis=axis)
     return out
+
+
+def check_row_order(where: str, ids: np.ndarray | None, labels: np.ndarray | None = None,
+                    split_labels: np.ndarray | None = None) -> None:
+    """Raise PlexbenchError unless the rows are the split's examples in dataset order.
+
+    `ids` (when given) must be 0..N-1 in order; `labels` (when `split_labels`, the split's labels
+    in dataset order, are given too) must equal split_labels[:N]. Example: ids [0, 2, 1] -> "row 1
+    has id 2"; labels [3, 1] against a split starting [1, 3] -> "2 of 2 rows have another label".
+    """
+    order = "rows must be the split's examples in dataset order (ids 0..N-1); sort the file by example id"
+    if ids is not None:
+        ids = np.asarray(ids).reshape(-1)
+        wrong = np.flatnonzero(ids != np.arange(len(ids)))
+        if len(wrong):
+            i = int(wrong[0])
+            raise PlexbenchError(f"{where}: row {i} has id {ids[i]}; {order}")
+    if labels is not None and split_labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) > len(split_labels):
+            raise PlexbenchError(f"{where}: {len(labels):,} rows, the split has {len(split_labels):,} examples")
+        differ = np.flatnonzero(labels != np.asarray(split_labels)[:len(labels)])
+        if len(differ):
+            i = int(differ[0])
+            raise PlexbenchError(f"{where}: {len(differ):,} of {len(labels):,} rows have another label than the "
+                                 f"split's example at that position (first: row {i}, label {labels[i]}, the split's "
+                                 f"{split_labels[i]}); {order}")
 
 
 def split_from_arrays(ref: DatasetRef, arrays: dict[str, np.ndarray], n: int | None) -> Split:
@@ -73,6 +109,9 @@ def split_from_arrays(ref: DatasetRef, arrays: dict[str, np.ndarray], n: int | N
         raise PlexbenchError(f"predictions for {ref.name}/{ref.split} have no labels")
     total = len(arrays["labels"])
     arrays = dict(arrays)
+    arrays.pop("format_version", None)
+    if "ids" in arrays:
+        check_row_order(f"predictions for {ref.name}/{ref.split}", arrays["ids"])
     arrays.setdefault("ids", np.arange(total, dtype=np.int64))
     stop = _min_limit(n, ref.limit)
     if stop is not None and stop < total:
@@ -257,6 +296,7 @@ class FileModel(ModelSource):
         self.name = name
         self.files = _prediction_files(name, location)
         self._loaded: dict[Path, Any] = {}
+        self._order_checked: set[Path] = set()
         self._identity: dict | None = None
 
     @staticmethod
@@ -306,12 +346,31 @@ class FileModel(ModelSource):
         path = self._path(request)
         if path is None:
             raise PlexbenchError(self.missing(request))
-        return self._load(path)
+        arrays = self._load(path)
+        if path not in self._order_checked:
+            check_row_order(f"prediction file {path}", arrays.get("ids"), arrays["labels"],
+                            _split_labels(request.dataset, request.split, options.data_dir))
+            self._order_checked.add(path)
+        return arrays
 
     def info(self) -> dict:
         out = super().info()
         out.update({"num_classes": self.num_classes(), "num_params": None, "flops_per_example": None})
         return out
+
+
+def _split_labels(dataset: str, split: str, data_dir) -> np.ndarray | None:
+    """The split's labels in dataset order, or None when it is not prepared or too large to load
+    (then only `ids` can show the row order)."""
+    from plexbench.data import registry as D
+    from plexbench.data.load import load_arrays
+
+    if dataset not in D.DATASETS or not D.is_available(dataset, data_dir):
+        return None
+    try:
+        return load_arrays(dataset, split, data_dir)["label"]
+    except PlexbenchError:
+        return None
 
 
 def _prediction_files(name: str, location: str) -> dict[str, Path]:

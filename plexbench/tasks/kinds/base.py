@@ -4,6 +4,21 @@ A kind declares its protocol parameters (`Params`, a frozen dataclass parsed fro
 `params:`), the metric names it can report (`metrics`), the predictions it needs (`needs`) and a
 thin `evaluate` that hands already-computed predictions to plexbench.metrics and returns rows.
 Kinds never run a model and never read files except through `EvalContext`.
+
+What reports need to know about a kind's rows is declared here, once, by the kind (reports never
+guess from metric names):
+
+- `category`: the reliability category of every row (spec §7.5: prediction / uncertainty /
+  adaptation; new names are allowed); None means each metric's declared category
+  (plexbench.metrics.vocabulary). `row_category` may refine it per task and metric;
+- `score_exclusion`: why a row is reported but not part of the reliability score (1-shot probes,
+  per-severity breakdowns of a shift average); a kind may also set `MetricRow.score_exclusion`;
+- `headline`: the kind's own metric names (fnmatch patterns) shown in report tables, in order;
+  `headline_columns` resolves them against a result's rows;
+- `figures`: the figure kinds (plexbench.reports.plots registry) drawn from its curves.
+
+The runner writes all of these into the results (plexbench.results_schema), so reports read
+them from files.
 """
 
 from __future__ import annotations
@@ -80,6 +95,7 @@ class MetricRow:
     ci_low: float = math.nan
     ci_high: float = math.nan
     num_classes: int | None = None  # K behind the row when it is not the model's (a few-shot probe's classes)
+    score_exclusion: str = ""  # non-empty: reported, but not part of a reliability score (and why)
 
 
 @dataclass
@@ -134,6 +150,40 @@ class TaskKind(abc.ABC):
     default_metrics: tuple[str, ...] | None = None  # reported when `metrics:` is left out (None: all)
     summary: str = ""
     reads_data: bool = False  # evaluate reads dataset arrays itself (soft labels, images), not only predictions
+    category: str | None = None  # reliability category of every row; None: each metric's declared one
+    headline: tuple[str, ...] = ()  # metric names / fnmatch patterns shown in report tables, in order
+    figures: tuple[str, ...] = ()  # figure kinds (plexbench.reports.plots) drawn from this kind's curves
+
+    def row_category(self, task: TaskSpec | None, metric: str) -> str:
+        """The reliability category of a row (`task` is None when converting format-1 results).
+
+        Default: the kind's `category`, else the metric's declared category; an undeclared metric
+        is an error (declare it in plexbench.metrics.vocabulary)."""
+        if self.category is not None:
+            return self.category
+        from plexbench.metrics.vocabulary import metric_info
+
+        return metric_info(metric).category
+
+    def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
+        """Why a row of this kind stays out of the reliability score ('' = it is scored). Default: ''."""
+        return ""
+
+    def headline_columns(self, task: TaskSpec | None, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The (metric, dataset) pairs a report table shows for one result, from its rows' `pairs`.
+
+        Default: for each `headline` pattern in order, the matching pairs on the task's own
+        datasets (not on members of a dataset family such as `x_corrupted/snow_3`); when nothing
+        matches, the first pairs. At most `plexbench.results_schema.MAX_HEADLINE`."""
+        import fnmatch
+
+        from plexbench.results_schema import MAX_HEADLINE
+
+        main = [p for p in dict.fromkeys(pairs) if "/" not in p[1]]
+        chosen: list[tuple[str, str]] = []
+        for pattern in self.headline:
+            chosen += [p for p in main if fnmatch.fnmatchcase(p[0], pattern) and p not in chosen]
+        return (chosen or main or list(dict.fromkeys(pairs)))[:MAX_HEADLINE]
 
     def validate(self, task: TaskSpec) -> None:
         """Checks across fields, raising spec.FieldError; the default has none."""

@@ -28,6 +28,9 @@ class Calibration(TaskKind):
     Params = CalibrationParams
     metrics = ("ece", "adaptive_ece", "classwise_ece", "rms_ce", "calib_auc")
     summary = "expected calibration error (and variants), calibration AUC, reliability diagram"
+    category = "uncertainty"
+    headline = ("ece", "adaptive_ece", "rms_ce", "calib_auc")
+    figures = ("reliability",)
 
     def evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
         from plexbench import metrics as M

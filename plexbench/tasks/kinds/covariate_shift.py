@@ -73,6 +73,19 @@ class CovariateShift(TaskKind):
     Params = CovariateShiftParams
     metrics = ("accuracy", "ece", "nll", "brier", "mce")
     summary = "accuracy, ECE, NLL, Brier per corruption x severity and averaged; mCE vs reference errors"
+    headline = ("accuracy", "nll", "ece", "brier", "mce", "severity_5/accuracy")
+    figures = ("shift",)
+
+    def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
+        """The family average stands for the family in a reliability score (spec §5: ImageNet-C is
+        scored by its average over corruptions and severities): single cells `<family>/<c>_<s>` and
+        the breakdowns `severity_<s>/m`, `<c>/m` of the average are reported but not scored (75
+        cells would otherwise outweigh every other task)."""
+        if "/" in dataset:
+            return "one corruption at one severity; the family average is scored instead"
+        if "/" in metric:
+            return "a breakdown of the family average (per severity or corruption); the average is scored instead"
+        return ""
 
     def validate(self, task: TaskSpec) -> None:
         p = task.params

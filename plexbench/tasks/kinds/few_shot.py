@@ -89,6 +89,19 @@ class FewShotParams:
         return 2.0 ** np.arange(first, last + 1)
 
 
+def shot_metric(shots: int, metric: str) -> str:
+    """The row name of a few-shot metric: `fewshot/<shots>shot/<metric>`."""
+    return f"fewshot/{shots}shot/{metric}"
+
+
+def shots_of(metric: str) -> int | None:
+    """The shot count of a row name made by `shot_metric`, else None."""
+    parts = metric.split("/")
+    if len(parts) == 3 and parts[0] == "fewshot" and parts[1].endswith("shot") and parts[1][:-4].isdigit():
+        return int(parts[1][:-4])
+    return None
+
+
 @register_kind("few_shot")
 class FewShot(TaskKind):
     """Linear probes on frozen pre-logits (spec §6); see the module docstring for every rule."""
@@ -96,6 +109,12 @@ class FewShot(TaskKind):
     Params = FewShotParams
     metrics = ("prec@1", "ece", "nll", "calib_auc")
     summary = "few-shot linear probes on frozen pre-logits (1/5/10/25 shots), l2 chosen on the other targets"
+    category = "adaptation"  # spec §7.5
+    headline = ("fewshot/*/prec@1",)
+
+    def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
+        """1-shot rows are reported but not scored (spec §7.3: the paper drops them)."""
+        return "1-shot column (dropped as in the paper)" if shots_of(metric) == 1 else ""
 
     def validate(self, task: TaskSpec) -> None:
         p = task.params
@@ -157,7 +176,7 @@ class FewShot(TaskKind):
                 curves.setdefault(t, {})[str(s)] = {"l2": grid, "accuracy": accuracy[(t, s)], "chosen_l2": grid[i]}
                 outcome = outcomes[(t, s)][i]
                 for metric, value in outcome.metrics(selected(task, self)).items():
-                    rows.append(summary_row(t, test.ref.split, f"fewshot/{s}shot/{metric}", value, test.n,
+                    rows.append(summary_row(t, test.ref.split, shot_metric(s, metric), value, test.n,
                                             num_classes=outcome.num_classes))
         return TaskResult(rows=rows, curves={"few_shot": jsonable(curves)},
                           info={"chosen_l2": chosen, "probe": p.probe, "targets": labels})

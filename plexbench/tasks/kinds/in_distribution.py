@@ -19,6 +19,7 @@ class InDistribution(TaskKind):
     metrics = ("accuracy", "nll", "brier", "ece")
     default_metrics = ("accuracy", "nll", "brier")
     summary = "accuracy, NLL and Brier score on the evaluated split"
+    headline = ("accuracy", "nll", "brier", "ece")
 
     def evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
         from plexbench import metrics as M

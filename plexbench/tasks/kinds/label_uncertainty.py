@@ -34,7 +34,8 @@ def soft_labels_for(split: Split, ctx: EvalContext, key: str) -> np.ndarray:
 
 @register_kind("label_uncertainty")
 class LabelUncertainty(TaskKind):
-    """Metrics: nll = mean cross-entropy against the soft label, -sum_k y_k log(clip(p_k, 1e-7));
+    """Metrics: nll = mean cross-entropy against the soft label, -sum_k y_k log p_k, computed by
+    plexbench.metrics.soft_cross_entropy (its docstring states the clipping rule it applies);
     accuracy and ece against the argmax of the soft label (ties: the lowest class index, as
     np.argmax); ged (generalised energy distance, spec §5). Examples whose soft label is all zero
     (ImageNet ReaL's empty label sets) are left out; `info.dropped_without_soft_label` counts them."""
@@ -43,6 +44,7 @@ class LabelUncertainty(TaskKind):
     reads_data = True
     metrics = ("nll", "accuracy", "ece", "ged")
     summary = "soft-label NLL, accuracy/ECE against the argmax soft label, GED"
+    headline = ("nll", "ged", "accuracy", "ece")
 
     def evaluate(self, task: TaskSpec, inputs: Mapping[str, Split], ctx: EvalContext) -> TaskResult:
         from plexbench import metrics as M

@@ -62,6 +62,10 @@ class OOD(TaskKind):
     Params = OODParams
     metrics = ("auroc", "auprc", "fpr95")
     summary = "OOD detection (near/far, open-set): msp, entropy, mlogit, (relative) Mahalanobis; AUROC, AUPRC, FPR@95"
+    category = "uncertainty"
+    headline = ("ood/*/msp/auroc", "ood/*/entropy/auroc", "ood/*/mlogit/auroc", "ood/*/maha/auroc",
+                "ood/*/rmaha/auroc", "ood/*/msp/fpr95")
+    figures = ("ood_roc", "ood_hist")
 
     def validate(self, task: TaskSpec) -> None:
         p = task.params

@@ -45,6 +45,9 @@ class SelectivePrediction(TaskKind):
     Params = SelectiveParams
     metrics = ("oc_acc", "aurc", "eaurc")
     summary = "oracle-collaborative accuracy at 0.5/1/2/5%, AURC, E-AURC, risk-coverage curve"
+    category = "uncertainty"
+    headline = ("oc_acc@1%", "oc_acc@5%", "aurc", "eaurc")
+    figures = ("risk_coverage",)
 
     def validate(self, task: TaskSpec) -> None:
         if len(set(task.params.fractions)) != len(task.params.fractions):

@@ -67,6 +67,9 @@ class Subpopulation(TaskKind):
     reads_data = True
     metrics = ("accuracy",) + tuple(f"subpop/{k}" for k in SUMMARY_KEYS)
     summary = "accuracy per subpopulation (declared grouping or metadata) and its percentiles"
+    category = "prediction"
+    headline = ("accuracy", "subpop/mean", "subpop/p05", "subpop/median", "subpop/variance")
+    figures = ("subpopulation",)
 
     def datasets(self, task: TaskSpec) -> list[tuple[str, str]]:
         g = task.params.grouping
