@@ -193,6 +193,13 @@ def test_malformed_leaves(tmp_path, leaf, fragment):
     one_line_error(lambda: load_t5x_params(CONFIG, path), "encoder/encoder_norm/scale", fragment)
 
 
+def test_non_finite_values_are_refused(tmp_path):
+    tree = unflatten_params(random_flat_params(CONFIG, 12))
+    tree["encoder"]["layers_0"]["attention"]["query"]["kernel"][0, 0] = np.nan
+    write_t5x_checkpoint(tmp_path / "ckpt", tree, zarr={QUERY})
+    one_line_error(lambda: load_t5x_params(CONFIG, tmp_path / "ckpt"), "NaN or inf", QUERY)
+
+
 def test_not_a_checkpoint_directory(tmp_path):
     one_line_error(lambda: load_t5x_params(CONFIG, tmp_path / "nothing"), "not a directory")
     (tmp_path / "empty").mkdir()

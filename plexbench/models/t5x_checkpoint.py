@@ -24,7 +24,8 @@ Reading (`load_t5x_params`) checks every key and shape against `t5_param_shapes(
 BEFORE reading any zarr array, and raises PlexbenchError with one line naming the first bad key
 for: a missing or truncated `checkpoint`, an unknown extension type or dtype, a payload of the
 wrong size, a missing zarr directory, a zarr array whose shape differs from its spec, or a
-layout mismatch. msgpack is decoded with plain data types only (nothing is ever unpickled).
+layout mismatch, or a NaN / inf value. msgpack is decoded with plain data types only (nothing
+is ever unpickled).
 Float arrays are returned as float32 (bfloat16 -> float32 is exact); SNGP `step`s as int32.
 
 Writing (`write_t5x_checkpoint`) produces the same layout: inline, chunked-inline and zarr
@@ -253,7 +254,7 @@ def load_t5x_params(config, path: str | os.PathLike) -> dict:
     """Read, validate and return the parameter tree of a T5X checkpoint directory for `config`
     (a T5Config): nested dict of float32 numpy arrays (SNGP steps int32), GP state as
     `decoder/gp_head_state`. One-line PlexbenchError on any problem (module docstring)."""
-    from plexbench.models.checkpoint import layout_differences, unflatten_params
+    from plexbench.models.checkpoint import check_finite, layout_differences, unflatten_params
     from plexbench.models.config import param_shapes
 
     path = Path(path)
@@ -265,6 +266,7 @@ def load_t5x_params(config, path: str | os.PathLike) -> dict:
     for key, leaf in leaves.items():
         array = leaf.array if leaf.kind == "inline" else read_zarr(leaf.spec, key, path, leaf.shape)
         flat[key] = _host_value(key, array, path)
+    check_finite(flat, path)  # NaN / inf weights would make every prediction NaN
     return unflatten_params(flat)
 
 
