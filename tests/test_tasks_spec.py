@@ -175,7 +175,7 @@ def test_listing_rows():
     assert by_name["fmnist_open_set"]["models"] == "num_classes 6"
     assert by_name["fmnist_open_set"]["suites"] == "embedded"
     suites = {r["suite"]: r for r in R.list_suite_rows(argparse.Namespace(tasks_dir=None))}
-    assert suites["embedded"]["tasks"] == 9
+    assert suites["embedded"]["tasks"] == 11
 
 
 def test_cli_bad_task_file_exits_2(tmp_path, capsys):

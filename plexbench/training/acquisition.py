@@ -44,7 +44,7 @@ def initial_set(labels: np.ndarray, initial: int, num_classes: int, seed: int) -
     """Pool rows of the class-balanced initial set, in permuted order (module docstring).
 
     >>> initial_set(np.array([0, 1, 0, 1, 0, 1]), 2, 2, seed=0).tolist()
-    [4, 3]
+    [3, 2]
     """
     labels = np.asarray(labels)
     if initial % num_classes:

@@ -48,7 +48,9 @@ class Budget:
     batch: int
 
     def sizes(self) -> list[int]:
-        """>>> Budget(20, 35, 5).sizes()
+        """The labelled sizes of the rounds.
+
+        >>> Budget(20, 35, 5).sizes()
         [20, 25, 30, 35]
         """
         return list(range(self.initial, self.max + 1, self.batch))
