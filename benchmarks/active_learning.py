@@ -13,7 +13,8 @@ fine-tuning settings except the step count:
    validation split) at 20, 100 and 500 labels: fit + test metrics + margin scores on the pool;
 2. finetune mode: one round of FinetuneLearner at 20 labels: `--steps` SGD steps of `--batch`
    examples (patience off so every round runs them all), validation accuracy every 5 steps, test
-   metrics, pool scoring; reported: seconds per round, of which training steps, steps/s;
+   metrics, pool scoring; reported: seconds per round, the training steps alone (no validation;
+   the labelled images preprocessed once, as the learner does), steps/s;
 3. MFU of the fine-tuning steps: 3 x forward matmul FLOPs per example (plexbench.models.flops;
    backward ~ 2 x forward) x examples/s / peak, the best jitted 2048^2 float32 matmul measured
    before and after (compile excluded: the first round of each model is a warm-up, not timed).
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
                                     dataclasses.replace(cfg, max_steps=2), train_mc_samples=mc), rows)  # compile
         t = time.perf_counter()  # the training steps alone (no validation passes)
         finetune(learner.train_apply, learner.start_params(),
-                 TrainData(data["train"].inputs[rows], data["train"].labels[rows], prep),
+                 TrainData(data["train"].take(rows), data["train"].labels[rows]),
                  dataclasses.replace(cfg, eval_every=None))
         train_seconds = time.perf_counter() - t
         seconds, info = timed_round(learner, rows)

@@ -172,7 +172,9 @@ class FinetuneLearner:
 
         config = dataclasses.replace(self.config, seed=round_seed(seed, round_index, 2),
                                      rng_seed=round_seed(seed, round_index, 3))
-        data = TrainData(self.pool.inputs[rows], self.pool.labels[rows], self.pool.transform)
+        # the labelled images preprocessed once per round (a batch of 512 drawn from 20 examples
+        # would otherwise preprocess each of them 25 times per step)
+        data = TrainData(self.pool.take(rows), self.pool.labels[rows])
         result = finetune(self.train_apply, self.start_params(), data, config, evaluate=self.validation_accuracy,
                           desc=f"fine-tune on {len(rows)} labels")
         info = {"steps": result.steps, "best_step": result.best_step, "validation_accuracy": result.best_metric,

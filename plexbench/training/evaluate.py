@@ -55,6 +55,17 @@ class EvalData:
             return self._prepared[lo:hi]
         return np.asarray(self.transform(self.inputs[lo:hi]), np.float32)
 
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Preprocessed float32 inputs of rows `index` (from the kept preprocessed copy if any)."""
+        index = np.asarray(index, np.int64)
+        if self.transform is None:
+            return np.asarray(self.inputs[index], np.float32)
+        if self._prepared is None and len(self) and self._fits():
+            self._prepared = np.asarray(self.transform(self.inputs), np.float32)
+        if self._prepared is not None:
+            return self._prepared[index]
+        return np.asarray(self.transform(self.inputs[index]), np.float32)
+
     def _fits(self) -> bool:
         probe = np.asarray(self.transform(self.inputs[:1]), np.float32)
         return probe.nbytes * len(self) <= PREPROCESS_ONCE_BYTES
@@ -70,18 +81,9 @@ class Forward:
         self.mesh = local_mesh()
         devices = self.mesh.devices.size
         self.batch_size = -(-max(1, int(batch_size)) // devices) * devices
-        replicated, rows = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))
-        members = NamedSharding(self.mesh, P(None, "data"))
-        self._rows = rows
+        self._rows = NamedSharding(self.mesh, P("data"))
         self.key = jax.random.PRNGKey(seed)
-
-        def run(params, x, ids, key):
-            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
-            out = apply_fn(params, x, keys)
-            pre = out.get("pre_logits") if with_pre_logits else None
-            return out["logits"].astype("float32"), (None if pre is None else pre.astype("float32"))
-
-        self._run = jax.jit(run, in_shardings=(replicated, rows, rows, replicated), out_shardings=(members, members))
+        self._run = _compiled_forward(apply_fn, with_pre_logits, self.mesh)
 
     def __call__(self, params, data: EvalData) -> dict[str, np.ndarray | None]:
         import jax
@@ -103,6 +105,33 @@ class Forward:
             if out_pre is not None:
                 pre.append(np.asarray(out_pre)[:, :hi - lo])
         return {"logits": np.concatenate(logits, axis=1), "pre_logits": np.concatenate(pre, axis=1) if pre else None}
+
+
+_FORWARDS: dict = {}
+
+
+def _compiled_forward(apply_fn: Callable, with_pre_logits: bool, mesh):
+    """jit of (params, x, ids, key) -> (logits (E, B, K), pre_logits (E, B, D) | None), shared by
+    every Forward over the same function and devices (one compile per task, not per round)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    cache_key = (apply_fn, with_pre_logits, tuple(mesh.devices.flat))
+    if cache_key not in _FORWARDS:
+        replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        members = NamedSharding(mesh, P(None, "data"))
+
+        def run(params, x, ids, key):
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+            out = apply_fn(params, x, keys)
+            pre = out.get("pre_logits") if with_pre_logits else None
+            return out["logits"].astype("float32"), (None if pre is None else pre.astype("float32"))
+
+        if len(_FORWARDS) >= 16:
+            _FORWARDS.pop(next(iter(_FORWARDS)))
+        _FORWARDS[cache_key] = jax.jit(run, in_shardings=(replicated, rows, rows, replicated),
+                                       out_shardings=(members, members))
+    return _FORWARDS[cache_key]
 
 
 def member_probs(logits: np.ndarray) -> np.ndarray:

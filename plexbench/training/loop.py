@@ -474,7 +474,8 @@ def _compiled_step(apply_fn, config: FinetuneConfig, loss_fn, mesh):
     import optax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    key = (apply_fn, tuple(getattr(config, f) for f in _OPTIMIZER_FIELDS), loss_fn, tuple(mesh.devices.flat))
+    fields = [f for f in _OPTIMIZER_FIELDS if f != "max_steps" or config.schedule != "constant"]  # the schedule's length
+    key = (apply_fn, tuple((f, getattr(config, f)) for f in fields), loss_fn, tuple(mesh.devices.flat))
     if key in _STEPS:
         return _STEPS[key]
     opt = make_optimizer(config)
