@@ -380,3 +380,26 @@ def test_a_killed_run_resumes_to_identical_results(tmp_path, data_dir, monkeypat
     for key in ("metrics", "rows", "curves"):
         assert resumed[key] == whole[key]
     assert not Path(writes[-1]).exists()  # the scratch state is removed with the result written
+
+
+def test_streamed_examples_equal_in_memory_ones(data_dir):
+    """The path for splits that do not fit in memory (ImageNet, Places365), forced on digits."""
+    from plexbench.inference import handle_from_registry
+    from plexbench.models.registry import get_model
+    from plexbench.training import TrainableModel
+    from plexbench.training.evaluate import EvalData, Forward, StreamedData, examples
+
+    spec = "resize(28)|grey_to_rgb|value_range(-1,1)"
+    memory = examples("digits", "validation", spec, data_dir)
+    assert isinstance(memory, EvalData)
+    streamed = StreamedData("digits", "validation", spec, data_dir, stream=True, read_batch=64)
+    np.testing.assert_array_equal(streamed.labels, memory.labels)
+    np.testing.assert_array_equal(streamed.ids, memory.ids)
+    rows = np.array([40, 3, 4, 5, 200, 3])
+    np.testing.assert_array_equal(streamed.take(rows), memory.take(rows))
+    np.testing.assert_array_equal(streamed.take(rows[::-1]), memory.take(rows[::-1]))  # from the kept copy
+    model = TrainableModel.from_handle(handle_from_registry("det-mini"), get_model("det-mini").config)
+    forward = Forward(model.apply_fn(), batch_size=100)
+    a, b = forward(model.pretrained, memory), forward(model.pretrained, streamed)
+    np.testing.assert_allclose(b["logits"], a["logits"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b["pre_logits"], a["pre_logits"], rtol=1e-6, atol=1e-6)

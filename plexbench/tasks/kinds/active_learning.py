@@ -11,8 +11,8 @@ top-k / power selection, per-round seeds). Modes:
   fine-tuned on the labelled set (`params.finetune`: SGD momentum 0.9, constant LR, clip 1.0,
   batch 512 with repetition, validation accuracy every 5 steps, keep the best with ties to the
   later step, patience 128, at most 2000 steps). The pool, validation and test images are read
-  with plexbench.data (`load_arrays`) and preprocessed as the reference says, then with the
-  model's own preprocessing.
+  with plexbench.data (in memory when the split fits, else streamed: ImageNet, Places365) and
+  preprocessed as the reference says, then with the model's own preprocessing.
 - `probe`: a logistic probe per ensemble member on the model's frozen pre-logits (from the
   runner's predictions, so prediction files with embeddings work too), l2 chosen on the
   validation split among {2^i, i = l2_exponents[0]..l2_exponents[1]}.
@@ -259,17 +259,17 @@ def _finetune_learner(task: TaskSpec, ctx: EvalContext, num_classes: int):
 
 
 def _images(ctx: EvalContext, ref: DatasetRef, model_preprocess: str | None):
-    """EvalData of a reference's raw images (its limit and --limit applied), preprocessed by the
-    reference's ops and then the model's (or the dataset's default) on use."""
-    from plexbench.data.preprocess import parse
+    """The reference's examples (its limit and --limit applied), preprocessed by the reference's
+    ops and then the model's (or the dataset's default) on use: in memory when plexbench.data can
+    hold the split, else streamed (ImageNet, Places365; plexbench.training.evaluate.examples)."""
     from plexbench.data.registry import get_dataset
-    from plexbench.training.evaluate import EvalData
+    from plexbench.training.evaluate import examples
 
     limits = [x for x in (ref.limit, ctx.limit) if x is not None]
-    arrays = ctx.load_arrays(ref.name, ref.split, min(limits) if limits else None)
     base = model_preprocess or get_dataset(ref.name).default_preprocess
     spec = f"{ref.preprocess}|{base}" if ref.preprocess else base
-    return EvalData(arrays["image"], np.asarray(arrays["label"]).astype(np.int64), np.asarray(arrays["id"]), parse(spec))
+    return examples(ref.name, ref.split, spec, ctx.data_dir, min(limits) if limits else None,
+                    load_arrays=ctx.load_arrays)
 
 
 # ----------------------------------------------------------------------------- curves and rows
