@@ -452,7 +452,8 @@ def draw_active_learning(runs: Sequence[plot_data.LearningCurves]):
             skipped = f"; skipped: {', '.join(run.skipped)}" if run.skipped else ""
             ax.set_title(f"{run.model} ({run.mode}{skipped})")
             ax.set(xlabel="labelled examples", ylabel="test accuracy (fraction)")
-        axes[-1].legend(list(handles.values()), list(handles), frameon=False, fontsize=6)
+        ordered = sorted(handles, key=lambda label: (_ACQUISITION_ORDER + (label.split()[0],)).index(label.split()[0]))
+        fig.legend([handles[label] for label in ordered], ordered, loc="outside right center", frameon=False, fontsize=6)
         fig.suptitle(f"Active learning: {runs[0].dataset} ({runs[0].task}; band: min-max over seeds)")
     return fig
 
