@@ -1,11 +1,15 @@
 # The two commands of the README: `make demo` (the embedded benchmark) and `make test`.
 # Both set up everything on a fresh machine: .venv, the package with its test extra,
-# and the Debian package with Fashion-MNIST's original IDX files.
+# the Debian package with Fashion-MNIST's original IDX files, and the Debian fortunes
+# packages (English, German, Spanish, Italian fortune cookies: the embedded text data).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.plexbench-installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# fortunes puts its files in /usr/share/games/fortunes, fortunes-{de,es,it} in its de/, es/, it/.
+FORTUNES_DIR := /usr/share/games/fortunes
+FORTUNES_PACKAGES := fortunes fortunes-de fortunes-es fortunes-it
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup data clean-cache
@@ -27,6 +31,15 @@ data:
 	     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)); \
 	  else \
 	    echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' (files go to $(FMNIST_DIR))"; exit 2; \
+	  fi; \
+	fi
+	@if [ ! -f $(FORTUNES_DIR)/computers ] || [ ! -d $(FORTUNES_DIR)/de ] || [ ! -d $(FORTUNES_DIR)/es ] || [ ! -d $(FORTUNES_DIR)/it ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing Debian packages $(FORTUNES_PACKAGES)"; \
+	    (apt-get install -y -qq $(FORTUNES_PACKAGES) >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq $(FORTUNES_PACKAGES) >/dev/null)); \
+	  else \
+	    echo "fortunes missing: run 'sudo apt-get install $(FORTUNES_PACKAGES)' (files go to $(FORTUNES_DIR))"; exit 2; \
 	  fi; \
 	fi
 

@@ -31,7 +31,10 @@ others), `rows` (every row with the CSV's per-row fields: the source of metrics_
 `curves` (plain JSON data for figures), `info`, `num_classes` (the model's K), `headline`
 ([[metric, dataset], ...]: the columns report tables show, resolved by the kind), `figures`
 (figure kinds the task feeds, declared by the kind), `bootstrap`, `limit`, `inputs_sha256`
-(resume reuses the file only when it is unchanged) and `seconds`.
+(resume reuses the file only when it is unchanged), `seconds`, and `replicates_file` when the
+task bootstrapped: `<model>.bootstrap.npz` beside it with the resamples of its scored rows
+(`columns` 'metric@dataset' (C,), `replicates` float64 (C, B)), from which reports compute the
+reliability score's interval.
 
 Every problem reading these files is a one-line `PlexbenchError` naming the file.
 """
@@ -45,6 +48,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
 
 from plexbench import fileio
 from plexbench.errors import PlexbenchError
@@ -109,7 +114,25 @@ def task_document(*, task: "TaskSpec", kind: "TaskKind", model: str, result, num
     }
 
 
-def write_task_result(path: Path, doc: dict) -> None:
+def replicates_path(task_json: Path) -> Path:
+    """`tasks/<task>/<model>.bootstrap.npz` beside a task JSON."""
+    return Path(task_json).with_suffix(".bootstrap.npz")
+
+
+def write_task_result(path: Path, doc: dict, rows: Sequence["MetricRow"] = ()) -> None:
+    """The task JSON, and before it (so a JSON on disk implies a complete pair) the bootstrap
+    resamples of its SCORED rows (no score exclusion) in `<model>.bootstrap.npz`: `columns`
+    ('metric@dataset', a unicode array) and `replicates` float64 (C, B); the JSON names that file
+    in `replicates_file`. Rows without resamples (no bootstrap, summaries) are not in it."""
+    excluded = {(r["metric"], r["dataset"]) for r in doc.get("rows", []) if r.get("score_exclusion")}
+    kept = [r for r in rows if r.replicates is not None and (r.metric, r.dataset) not in excluded]
+    sizes = {r.replicates.shape for r in kept}
+    doc = {k: v for k, v in doc.items() if k != "replicates_file"}
+    if kept and len(sizes) == 1:
+        target = replicates_path(path)
+        fileio.save_npz(target, {"columns": np.array([f"{r.metric}@{r.dataset}" for r in kept]),
+                                 "replicates": np.stack([r.replicates for r in kept])})
+        doc["replicates_file"] = target.name
     fileio.write_json(path, doc)
 
 
@@ -252,6 +275,7 @@ class TaskRecord:
     curves: dict
     headline: tuple[tuple[str, str], ...] = ()
     figures: tuple[str, ...] = ()
+    replicates_file: Path | None = None  # bootstrap resamples of the scored rows (write_task_result)
 
 
 @dataclass
@@ -281,6 +305,23 @@ class Results:
                 for name, info in models.items():
                     if isinstance(info, dict):
                         out.setdefault(name, {}).update(info)
+        return out
+
+    def replicates(self) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+        """model -> {(metric, dataset): float64 (B,) bootstrap resamples} of every scored row whose
+        task kept them (empty for results without resamples)."""
+        out: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+        for rec in self.tasks:
+            if rec.replicates_file is None or not rec.replicates_file.is_file():
+                continue
+            arrays = fileio.load_npz(rec.replicates_file, what="bootstrap resamples")
+            columns, values = arrays.get("columns"), arrays.get("replicates")
+            if columns is None or values is None or values.ndim != 2 or len(columns) != values.shape[0]:
+                raise PlexbenchError(f"{rec.replicates_file}: expected 'columns' (C,) and 'replicates' (C, B)")
+            mine = out.setdefault(rec.model, {})
+            for column, row in zip(columns.tolist(), values):
+                metric, _, dataset = str(column).rpartition("@")
+                mine[(metric, dataset)] = np.asarray(row, dtype=np.float64)
         return out
 
     def restricted(self, models: Iterable[str]) -> "Results":
@@ -352,6 +393,7 @@ def read_task_records(results_dir: str | Path) -> list[TaskRecord]:
                 metrics=dict(doc.get("metrics") or {}), curves=dict(doc.get("curves") or {}),
                 headline=tuple((str(m), str(d)) for m, d in doc.get("headline") or ()),
                 figures=tuple(str(f) for f in doc.get("figures") or ()),
+                replicates_file=path.parent / str(doc["replicates_file"]) if doc.get("replicates_file") else None,
             ))
         except (KeyError, TypeError, ValueError) as e:
             raise PlexbenchError(f"{path}: malformed task result ({type(e).__name__}: {e})") from None

@@ -15,7 +15,7 @@ SPEC_DATASETS = [
     "cifar10", "cifar100", "imagenet2012", "imagenet2012_real", "cifar10_h", "svhn_cropped",
     "places365_small", "dtd", "imagenet_a", "imagenet_r", "imagenet_v2/matched-frequency",
     "caltech_birds2011", "caltech101", "cars196", "colorectal_histology", "imagenet2012_subset/10pct",
-    "oxford_iiit_pet", "uc_merced",
+    "oxford_iiit_pet", "uc_merced", "cifar10_n", "cifar100_n",
 ]
 
 
@@ -58,8 +58,8 @@ def test_entries_match_installed_tfds_builders():
     scratch = tempfile.mkdtemp()
     checked = 0
     for name, info in R.DATASETS.items():
-        if info.builder is not None or (info.family and info.severity != 1):
-            continue
+        if info.builder is not None or (info.family and info.severity != 1) or info.is_text:
+            continue  # text datasets: tests/test_data_fortunes.py and test_text_entries_match_tfds
         builder = tfds.builder(info.tfds_name, data_dir=scratch)  # builder info only, no download
         features = builder.info.features
         assert features[info.label_key].num_classes == info.num_classes, name
@@ -67,7 +67,9 @@ def test_entries_match_installed_tfds_builders():
         if info.soft_label:
             assert info.soft_label.split(":", 1)[1] in features, name
         checked += 1
-    assert checked == len(SPEC_DATASETS) + 2 * 15  # + severity 1 of each corruption of the TFDS families
+    noisy_keys = sum(len(keys) for keys in R.NOISY_LABEL_KEYS.values())  # cifar10_n/<key>, cifar100_n/<key>
+    # + severity 1 of each corruption of the TFDS families
+    assert checked == len(SPEC_DATASETS) + 2 * 15 + noisy_keys
     for family in ("cifar10_corrupted", "imagenet2012_corrupted"):
         configs = {c.name for c in tfds.builder_cls(family).BUILDER_CONFIGS}
         assert {R.get_dataset(n).config for n in R.FAMILIES[family]} <= configs
@@ -93,7 +95,9 @@ def test_embedded_entries_match_their_builders():
 
 def test_roles_and_class_names_are_consistent():
     for name, info in R.DATASETS.items():
-        assert set(info.splits) <= set(R.ROLES) and "test" in info.splits, name
+        noisy_key = "/" in name and name.split("/", 1)[0] in R.NOISY_LABEL_KEYS
+        # a noisy-label key of CIFAR-N labels the training set only: it has no test split
+        assert set(info.splits) <= set(R.ROLES) and ("test" in info.splits or noisy_key), name
         assert info.class_names is None or len(info.class_names) == info.num_classes, name
     assert len(R.CIFAR100_CLASSES) == len(set(R.CIFAR100_CLASSES)) == 100
 
@@ -140,3 +144,16 @@ def test_not_prepared_error_names_dataset_dir_and_command(tmp_path):
     assert "\n" not in message
     assert "'cifar10'" in message and str(tmp_path) in message
     assert f"plexbench data prepare cifar10 --data-dir {tmp_path}" in message
+
+
+def test_text_entries_match_tfds():
+    """Text entries name TFDS builders and features that exist (builder info only, no download)."""
+    import tensorflow_datasets as tfds
+
+    scratch = tempfile.mkdtemp()
+    for name, info in R.DATASETS.items():
+        if not info.is_text or info.builder is not None:
+            continue
+        features = tfds.builder(info.tfds_name, data_dir=scratch).info.features
+        assert set(info.text.features) | {info.label_key} | set(info.text.group_features) <= set(features), name
+        assert info.image_shape == () and info.default_preprocess == info.text.template

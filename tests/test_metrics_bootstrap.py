@@ -66,3 +66,118 @@ def test_bad_arguments():
         bootstrap_ci(np.mean, np.ones(3), num_samples=0)
     with pytest.raises(PlexbenchError, match="alpha"):
         bootstrap_ci(np.mean, np.ones(3), num_samples=5, alpha=1.5)
+
+
+# ------------------------------------------------------------------ the per-example-statistics bootstrap
+import functools  # noqa: E402
+
+from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
+
+from plexbench.metrics import (  # noqa: E402
+    DetectionScores,
+    DetectionSet,
+    ExampleStats,
+    adaptive_ece,
+    aurc,
+    bootstrap_intervals,
+    brier,
+    classwise_ece,
+    eaurc,
+    ece,
+    nll,
+    oracle_collaborative_accuracy,
+    rms_calibration_error,
+    soft_cross_entropy,
+)
+from plexbench.metrics.bootstrap import bootstrap_distributions  # noqa: E402
+
+
+def tied_predictions(n=400, k=4, seed=0):
+    """Probabilities rounded to 0.1: confidences tie in groups holding right and wrong examples."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    p = rng.dirichlet(np.ones(k) * 0.7, n)
+    p[np.arange(n), y] += 0.4
+    p = np.round(p / p.sum(1, keepdims=True), 1) + 1e-3
+    return y, p / p.sum(1, keepdims=True)
+
+
+SCORE_SET = {
+    "accuracy": accuracy, "ece": ece, "brier": brier, "calib_auc": calib_auc, "aurc": aurc, "eaurc": eaurc,
+    "adaptive_ece": adaptive_ece, "rms_ce": rms_calibration_error, "classwise_ece": classwise_ece,
+    **{f"oc{f}": functools.partial(oracle_collaborative_accuracy, fraction=f) for f in (0.005, 0.02, 0.05, 0.25)},
+}
+
+
+def test_statistics_bootstrap_equals_the_naive_bootstrap_with_the_same_seed():
+    # The naive bootstrap resamples the (N, K) arrays and recomputes every metric (O(N K) per
+    # resample); the statistics bootstrap gathers per-example statistics and reuses one sort. Same
+    # seed -> the same resamples -> bit-for-bit the same values, ties in confidence included.
+    y, p = tied_predictions()
+    stats = ExampleStats.from_probs(p, y)
+    fast = bootstrap_distributions(SCORE_SET, stats, num_samples=60, seed=13)
+    for name, fn in SCORE_SET.items():
+        naive = bootstrap_distribution(fn, y, p, num_samples=60, seed=13)
+        np.testing.assert_array_equal(fast[name], naive, err_msg=name)
+    lp = np.log(p)
+    np.testing.assert_array_equal(bootstrap_distributions({"nll": nll}, stats, num_samples=60, seed=13)["nll"],
+                                  bootstrap_distribution(nll, y, lp, num_samples=60, seed=13))
+
+
+def test_statistics_bootstrap_intervals_equal_bootstrap_ci_and_follow_the_seed():
+    y, p = tied_predictions(seed=1)
+    stats = ExampleStats.from_probs(p, y)
+    got = bootstrap_intervals({"aurc": aurc, "ece": ece}, stats, num_samples=80, seed=5)
+    assert got["aurc"] == bootstrap_ci(aurc, y, p, num_samples=80, seed=5)
+    assert got["ece"] == bootstrap_ci(ece, y, p, num_samples=80, seed=5)
+    assert bootstrap_intervals({"aurc": aurc}, stats, num_samples=80, seed=6)["aurc"] != got["aurc"]
+
+
+def test_soft_label_bootstrap_equals_naive():
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet(np.ones(3), 150)
+    soft = rng.dirichlet(np.ones(3), 150)
+    stats = ExampleStats.from_log_probs(np.log(p), soft_labels=soft)
+    fast = bootstrap_distributions({"nll": soft_cross_entropy}, stats, num_samples=30, seed=2)["nll"]
+    np.testing.assert_array_equal(fast, bootstrap_distribution(soft_cross_entropy, soft, np.log(p), num_samples=30,
+                                                               seed=2))
+
+
+def test_ood_bootstrap_is_stratified_and_equals_a_plain_loop():
+    # In-distribution rows are drawn from default_rng(seed), OOD rows from default_rng([seed, stream]),
+    # each stratum N out of N; every scorer of a DetectionSet sees the same draws.
+    rng = np.random.default_rng(0)
+    n, m = 300, 120
+    s_in, s_out = np.round(rng.normal(0, 1, n), 1), np.round(rng.normal(0.8, 1, m), 1)  # ties across sides
+    t_in, t_out = rng.normal(0, 1, n), rng.normal(0.3, 1, m)
+    detection = DetectionSet({"a": DetectionScores(s_in, s_out, stream=3), "b": DetectionScores(t_in, t_out, stream=3)})
+    from plexbench.metrics import auprc, auroc, fpr_at_95_tpr
+
+    fns = {"a/auroc": lambda d: auroc(d["a"]), "a/auprc": lambda d: auprc(d["a"]),
+           "b/auroc": lambda d: auroc(d["b"]), "b/fpr95": lambda d: fpr_at_95_tpr(d["b"])}
+    fast = bootstrap_distributions(fns, detection, num_samples=40, seed=9)
+    rng_in, rng_out = np.random.default_rng(9), np.random.default_rng([9, 3])
+    flags = np.r_[np.zeros(n), np.ones(m)]
+    for b in range(40):
+        i, j = rng_in.integers(0, n, n), rng_out.integers(0, m, m)
+        assert fast["a/auroc"][b] == pytest.approx(roc_auc_score(flags, np.r_[s_in[i], s_out[j]]), abs=1e-12)
+        assert fast["a/auprc"][b] == pytest.approx(average_precision_score(flags, np.r_[s_in[i], s_out[j]]), abs=1e-12)
+        assert fast["b/auroc"][b] == auroc(flags.astype(int), np.r_[t_in[i], t_out[j]])
+        assert fast["b/fpr95"][b] == fpr_at_95_tpr(flags.astype(int), np.r_[t_in[i], t_out[j]])
+
+
+def test_in_distribution_stratum_uses_the_seed_itself():
+    # An OOD set's in-distribution draws are those of the in-distribution metrics (stream 0).
+    first = bootstrap_distribution(lambda ids: ids[0], np.arange(50), num_samples=7, seed=4)
+
+    class Probe:
+        strata = ((50, 0), (20, 1))
+
+        def resample(self, draws):
+            return draws
+
+    got = bootstrap_distributions({"first": lambda d: d[0][0], "ood": lambda d: d[1][0]}, Probe(), num_samples=7,
+                                  seed=4)
+    np.testing.assert_array_equal(got["first"], first)
+    rng = np.random.default_rng([4, 1])
+    np.testing.assert_array_equal(got["ood"], [rng.integers(0, 20, 20)[0] for _ in range(7)])

@@ -70,15 +70,22 @@ def test_nll_hand_values_soft_and_zero_probability():
     assert nll(np.array([[0.5, 0.5]]), np.log([[0.25, 0.75]])) == pytest.approx(-(math.log(0.25) + math.log(0.75)) / 2)
     # 0 * log 0 = 0: a soft label that puts no mass where p = 0 has finite loss 0.
     assert nll(np.array([[1.0, 0.0]]), np.array([[0.0, -np.inf]])) == 0.0
-    # the true class has probability 0: exact nll is inf; Plex's clip at 1e-7 gives -ln 1e-7.
-    assert nll([1], np.array([[0.0, -np.inf]])) == math.inf
-    assert nll([1], np.array([[0.0, -np.inf]]), clip=1e-7) == pytest.approx(-math.log(1e-7))
+    # the true class has probability 0: Plex's clip at 1e-7 (the default) gives -ln 1e-7 = 16.118...;
+    # the exact value (clip=None) is inf.
+    assert nll([1], np.array([[0.0, -np.inf]])) == pytest.approx(-math.log(1e-7))
+    assert nll([1], np.array([[0.0, -np.inf]]), clip=1e-7) == pytest.approx(16.11809565095832, rel=1e-15)
+    assert nll([1], np.array([[0.0, -np.inf]]), clip=None) == math.inf
+    # the clip changes nothing where p_y >= 1e-7: (ln 0.5 + ln 2e-7) / 2 both ways
+    lp = np.log([[0.5, 0.5], [1 - 2e-7, 2e-7]])
+    assert nll([0, 1], lp) == nll([0, 1], lp, clip=None) == pytest.approx(-(math.log(0.5) + math.log(2e-7)) / 2)
 
 
 def test_nll_exact_far_in_the_tail():
-    # log p = -800 underflows to 0 in probability space; from log-probs it stays exact.
+    # log p = -800 underflows to 0 in probability space; from log-probs the exact NLL stays exact,
+    # and the reported (clipped) one is -ln 1e-7.
     lp = np.array([[0.0, -800.0]])
-    assert nll([1], lp) == pytest.approx(800.0)
+    assert nll([1], lp, clip=None) == pytest.approx(800.0)
+    assert nll([1], lp) == pytest.approx(-math.log(1e-7))
 
 
 def test_nll_renormalises_log_probs_within_tolerance_only():

@@ -320,3 +320,36 @@ def test_column_names_and_few_shot_exclusions():
     few_shot = get_kind("few_shot")
     assert few_shot.score_exclusion(None, "fewshot/1shot/prec@1", "B").startswith("1-shot")
     assert few_shot.score_exclusion(None, "fewshot/5shot/prec@1", "B") == ""
+
+
+def test_bootstrap_interval_from_resamples_by_hand():
+    # Two columns of one task with 400 resamples each; the score of resample b is the mean of the
+    # normalised resampled columns (nll: 1 - v / ln 10), its interval the 2.5/97.5 percentiles.
+    rng = np.random.default_rng(7)
+    long = long_table()
+    long = long[long.metric.isin(["accuracy", "nll"])]
+    reps = {m: {("accuracy", "A"): rng.normal(TOY[m]["acc"], 0.01, 400), ("nll", "A"): rng.normal(TOY[m]["nll"], 0.05, 400)}
+            for m in TOY}
+    r = compute_score(long, preset="plexbench", num_classes=K, replicates=reps).summary
+    for m in TOY:
+        per_resample = (reps[m][("accuracy", "A")] + 1 - reps[m][("nll", "A")] / LN10) / 2
+        low, high = np.quantile(per_resample, [0.025, 0.975])
+        assert r.loc[m, "ci_low"] == pytest.approx(100 * low) and r.loc[m, "ci_high"] == pytest.approx(100 * high)
+        assert r.loc[m, "interval_method"] == "bootstrap" and r.loc[m, "interval_fixed"] == 0
+        # the prediction category holds the same two columns here
+        assert r.loc[m, "prediction_ci_low"] == pytest.approx(100 * low)
+
+
+def test_bootstrap_interval_holds_columns_without_resamples_and_divides_by_the_baseline():
+    rng = np.random.default_rng(8)
+    long = long_table()
+    long = long[long.metric.isin(["accuracy", "ece"])]
+    reps = {m: {("accuracy", "A"): rng.normal(TOY[m]["acc"], 0.01, 300)} for m in ("mA", "mC")}
+    r = compute_score(long, preset="plexbench", num_classes=K, replicates=reps, baseline="mC").summary
+    # ece has no resamples: held at 1 - ece; each resample divided by the baseline's resample
+    ratio = (reps["mA"][("accuracy", "A")] / reps["mC"][("accuracy", "A")] + (1 - 0.10) / (1 - 0.20)) / 2
+    low, high = np.quantile(ratio, [0.025, 0.975])
+    assert r.loc["mA", "ci_low"] == pytest.approx(100 * low) and r.loc["mA", "ci_high"] == pytest.approx(100 * high)
+    assert r.loc["mA", "interval_fixed"] == 1 and r.loc["mC", "ci_low"] == pytest.approx(100.0)
+    # a model without resamples keeps the conservative rule (here: no interval in the table -> NaN)
+    assert r.loc["mB", "interval_method"] == "conservative" and math.isnan(r.loc["mB", "ci_low"])

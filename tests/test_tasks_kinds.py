@@ -64,8 +64,10 @@ def test_measure_bootstrap_interval_brackets_value(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 200)
     probs = rng.dirichlet(np.ones(3), 200)
-    row = measure(task, task.dataset, "accuracy", M.accuracy, (labels, probs))
+    [row] = measure(task, task.dataset, {"accuracy": M.accuracy}, M.ExampleStats.from_probs(probs, labels))
     assert row.ci_low <= row.value <= row.ci_high and row.n == 200 and row.ci_low < row.ci_high
+    # the interval of the naive bootstrap (resampling the (N, K) arrays) with the task's seed
+    assert (row.ci_low, row.ci_high) == M.bootstrap_ci(M.accuracy, labels, probs, num_samples=50, seed=task.seed)
 
 
 def test_ood_kind_skips_scorers_without_inputs(tmp_path):
@@ -239,3 +241,159 @@ def test_every_kind_declares_consistent_metadata():
         from plexbench.reports.plots import FIGURES
 
         assert all(f in FIGURES for f in kind.figures), f"{name} feeds an unregistered figure"
+
+
+# --------------------------------------------------------------------------- seeds, one bootstrap policy
+
+def _with_seed(task: TaskSpec, seed: int, bootstrap: int = 40) -> TaskSpec:
+    return dataclasses.replace(task, seed=seed, bootstrap=bootstrap)
+
+
+def _intervals(rows):
+    return {r.metric: (r.ci_low, r.ci_high) for r in rows}
+
+
+def _labelled_split(n=300, k=10, seed=0, ref=FMNIST):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    logits = rng.standard_normal((n, k)) * 2.0
+    logits[np.arange(n), labels] += 1.0
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return labels, probs / probs.sum(1, keepdims=True), logits
+
+
+@pytest.mark.parametrize("kind_yaml, metric_fns", [
+    ("kind: in_distribution\nversion: 1\ndataset: {name: fashion_mnist}\nmetrics: [accuracy, nll, brier, ece]\n",
+     {"accuracy": "accuracy", "brier": "brier", "ece": "ece"}),
+    ("kind: calibration\nversion: 1\ndataset: {name: fashion_mnist}\n",
+     {"ece": "ece", "adaptive_ece": "adaptive_ece", "rms_ce": "rms_calibration_error", "calib_auc": "calib_auc"}),
+    ("kind: selective_prediction\nversion: 1\ndataset: {name: fashion_mnist}\n", {"aurc": "aurc", "eaurc": "eaurc"}),
+])
+def test_kinds_bootstrap_with_the_task_seed(tmp_path, kind_yaml, metric_fns):
+    # Fails when a kind ignores `task.seed`: its intervals must be those of the naive bootstrap with
+    # that seed (resampling the (N, K) arrays), and change with the seed.
+    from plexbench import metrics as M
+
+    task = _task(tmp_path, kind_yaml)
+    kind = R.get_kind(task.kind)
+    labels, probs, _ = _labelled_split()
+    split = _split(labels, probs)
+    by_seed = {seed: _intervals(kind.evaluate(_with_seed(task, seed), {"eval": split}, EvalContext()).rows)
+               for seed in (7, 8)}
+    for metric, fn_name in metric_fns.items():
+        naive = M.bootstrap_ci(getattr(M, fn_name), labels, split.probs, num_samples=40, seed=7)
+        assert by_seed[7][metric] == pytest.approx(naive, rel=1e-12), metric
+        assert by_seed[7][metric] != by_seed[8][metric], metric
+
+
+def test_ood_kind_bootstrap_is_stratified_with_the_task_seed(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    task = _task(tmp_path, "kind: ood\nversion: 1\ndataset: {name: fashion_mnist}\nparams: "
+                           "{ood: [{name: digits, alias: d}, {name: digits, alias: e}], scorers: [msp, mlogit]}\n")
+    kind = R.get_kind("ood")
+    labels, probs, logits = _labelled_split(n=120)
+    _, p_d, l_d = _labelled_split(n=60, seed=1)
+    _, p_e, l_e = _labelled_split(n=50, seed=2)
+    inputs = {"eval": _split(labels, probs, logits=logits[None]),
+              "ood:d": _split(np.zeros(60, int), p_d, logits=l_d[None]),
+              "ood:e": _split(np.zeros(50, int), p_e, logits=l_e[None])}
+    rows = {r.metric: r for r in kind.evaluate(_with_seed(task, 5, 30), inputs, EvalContext()).rows}
+    assert rows["ood/e/msp/auroc"].n == 170
+    # in-distribution rows from default_rng(seed), the j-th OOD set's rows from default_rng([seed, 1 + j])
+    for j, (name, p_out, l_out) in enumerate((("d", p_d, l_d), ("e", p_e, l_e))):
+        rng_in, rng_out = np.random.default_rng(5), np.random.default_rng([5, 1 + j])
+        flags = np.r_[np.zeros(120), np.ones(len(p_out))]
+        msp_in, msp_out = 1 - probs.max(1), 1 - p_out.max(1)
+        mlogit_in, mlogit_out = -logits.max(1), -l_out.max(1)
+        msp, mlogit = [], []
+        for _ in range(30):
+            i, o = rng_in.integers(0, 120, 120), rng_out.integers(0, len(p_out), len(p_out))
+            msp.append(roc_auc_score(flags, np.r_[msp_in[i], msp_out[o]]))
+            mlogit.append(roc_auc_score(flags, np.r_[mlogit_in[i], mlogit_out[o]]))
+        for scorer, values in (("msp", msp), ("mlogit", mlogit)):
+            row = rows[f"ood/{name}/{scorer}/auroc"]
+            assert (row.ci_low, row.ci_high) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])), abs=1e-12)
+    other = {r.metric: r for r in kind.evaluate(_with_seed(task, 6, 30), inputs, EvalContext()).rows}
+    assert other["ood/d/msp/auroc"].ci_low != rows["ood/d/msp/auroc"].ci_low
+
+
+def test_label_uncertainty_bootstrap_with_the_task_seed(tmp_path):
+    from plexbench import metrics as M
+
+    task = _task(tmp_path, "kind: label_uncertainty\nversion: 1\ndataset: {name: fashion_mnist}\n")
+    rng = np.random.default_rng(3)
+    soft = rng.dirichlet(np.ones(10), 200)
+
+    class Ctx(EvalContext):
+        def load_arrays(self, name, split, n=None):
+            return {"soft_label": soft}
+
+    _, probs, _ = _labelled_split(n=200)
+    split = _split(soft.argmax(1), probs)
+    rows = _intervals(R.get_kind("label_uncertainty").evaluate(_with_seed(task, 11), {"eval": split}, Ctx()).rows)
+    assert rows["nll"] == pytest.approx(M.bootstrap_ci(M.soft_cross_entropy, soft, split.log_probs, num_samples=40,
+                                                       seed=11), rel=1e-12)
+    assert rows["ged"] == pytest.approx(M.bootstrap_ci(M.ged, soft, split.probs, num_samples=40, seed=11), rel=1e-12)
+
+
+def test_split_statistics_are_computed_once_per_split():
+    from plexbench.tasks.kinds.base import split_stats
+
+    labels, probs, _ = _labelled_split(n=20)
+    split = _split(labels, probs)
+    assert split_stats(split) is split_stats(split)
+    assert split_stats(split, labels=False).correct is None
+
+
+class _FixedModel:
+    """A model source whose identity is fixed (inputs_fingerprint only reads identity())."""
+
+    name = "fixed"
+
+    def identity(self):
+        return {"kind": "test", "weights": "abc"}
+
+
+def test_inputs_fingerprint_depends_on_the_seed(tmp_path):
+    # Fails when the inputs fingerprint ignores the run's seed: a rerun with another seed would
+    # then reuse results computed with the first one.
+    from plexbench.tasks.runner import inputs_fingerprint
+
+    task = R.load_tasks(REPO / "tasks")["fmnist_in_distribution"]
+    options = RunOptions(suite="x", out_dir=tmp_path, data_dir=tmp_path / "no-data")
+    same = inputs_fingerprint(task, _FixedModel(), options)
+    assert same == inputs_fingerprint(task, _FixedModel(), dataclasses.replace(options))
+    assert inputs_fingerprint(task, _FixedModel(), dataclasses.replace(options, seed=1)) != same
+    assert inputs_fingerprint(dataclasses.replace(task, seed=3), _FixedModel(), options) != same
+
+
+def test_data_fingerprints_once_per_dataset_and_split(tmp_path, monkeypatch):
+    from plexbench.tasks import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "data_fingerprint", lambda name, split, data_dir: calls.append((name, split)) or name)
+    fingerprints = runner.DataFingerprints(tmp_path)
+    tasks = R.load_tasks(REPO / "tasks")
+    options = RunOptions(suite="x", out_dir=tmp_path, data_dir=tmp_path)
+    for _ in range(3):  # three models
+        for name in ("fmnist_covariate_shift", "fmnist_in_distribution", "fmnist_calibration"):
+            runner.inputs_fingerprint(tasks[name], _FixedModel(), options, fingerprints)
+    assert len(calls) == len(set(calls)) == fingerprints.calls
+    assert ("fashion_mnist", "test") in calls and len(calls) > 50  # the corrupted family, once each
+
+
+def test_measure_one_metric_on_raw_arrays_equals_the_naive_bootstrap(tmp_path):
+    # A kind's own metric on raw arrays: measure(task, ref, "name", fn, arrays) -> one row, the
+    # rows of all arrays resampled together with the task seed (as bootstrap_ci).
+    from plexbench import metrics as M
+
+    task = _with_seed(_task(tmp_path, "kind: in_distribution\nversion: 1\ndataset: {name: fashion_mnist}\n"), 4, 30)
+    labels, probs, _ = _labelled_split(n=150)
+
+    def top2(y, p):
+        return float(np.mean((np.argsort(-p, axis=1)[:, :2] == y[:, None]).any(axis=1)))
+
+    row = measure(task, task.dataset, "top2", top2, (labels, probs))
+    assert row.metric == "top2" and row.n == 150 and row.value == top2(labels, probs)
+    assert (row.ci_low, row.ci_high) == M.bootstrap_ci(top2, labels, probs, num_samples=30, seed=4)

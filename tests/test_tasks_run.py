@@ -192,6 +192,15 @@ def test_results_directory_format(e2e):
     acc = next(r for r in e2e.rows if r["task"] == "fmnist_in_distribution" and r["metric"] == "accuracy"
                and r["model"] == ZOO_10)
     assert float(acc["ci_low"]) <= float(acc["value"]) <= float(acc["ci_high"]) and int(acc["n"]) == LIMIT
+    # the resamples behind those intervals are kept for the reliability score's interval
+    from plexbench.fileio import load_npz
+
+    doc = json.loads((out / "tasks" / "fmnist_in_distribution" / f"{ZOO_10}.json").read_text())
+    kept = load_npz(out / "tasks" / "fmnist_in_distribution" / doc["replicates_file"])
+    column = list(kept["columns"]).index("accuracy@fashion_mnist")
+    assert kept["replicates"].shape == (len(kept["columns"]), doc["bootstrap"])
+    low, high = np.quantile(kept["replicates"][column], [0.025, 0.975])
+    assert (low, high) == pytest.approx((float(acc["ci_low"]), float(acc["ci_high"])), abs=1e-12)
 
 
 def test_in_distribution_matches_sklearn(e2e, direct):

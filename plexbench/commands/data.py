@@ -65,7 +65,9 @@ def run_info(args) -> int:
         f"builder:     {info.builder or 'TFDS ' + info.builder_name}",
         f"embedded:    {'yes' if info.embedded else 'no'}",
         f"classes:     {info.num_classes}" + _names_suffix(info, data_dir),
-        f"image shape: {_shape(info.image_shape)}",
+        (f"text:        features {', '.join(info.text.features)}; label rule {info.text.label_rule}; "
+         f"label tokens {', '.join(info.text.label_tokens) if info.text.label_tokens else '-'}" if info.is_text
+         else f"image shape: {_shape(info.image_shape)}"),
         f"preprocess:  {info.default_preprocess}",
     ]
     if info.soft_label:
@@ -105,7 +107,10 @@ def _split_lines(info, data_dir, *, prepared: bool, fingerprint: bool) -> list[s
             rng = load.split_range(info.name, role, data_dir)
             line += f"  {rng.size:,} examples ({rng.tfds_spec()})"
             if fingerprint:
-                line += f"  sha256 {load.dataset_fingerprint(info.name, role, data_dir)}"
+                from plexbench.data.text import text_fingerprint
+
+                fp = text_fingerprint if info.is_text else load.dataset_fingerprint
+                line += f"  sha256 {fp(info.name, role, data_dir)}"
         lines.append(line)
     return lines
 

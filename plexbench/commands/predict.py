@@ -25,8 +25,13 @@ def register(sub) -> None:
                         "imported (the working directory first) and run, returning (flax_module, params[, info]) "
                         "(docs/your-model.md)")
     p.add_argument("--checkpoint", metavar="PATH",
-                   help="ViT-Plex .npz checkpoint (default: the model's zoo weights; released ones: gs://plex-paper/, "
-                        "docs/checkpoints.md)")
+                   help="ViT-Plex .npz checkpoint or T5X checkpoint directory (default: the model's zoo weights; "
+                        "released ones: gs://plex-paper/, docs/checkpoints.md)")
+    p.add_argument("--vocab", metavar="PATH", help="T5 models: the T5 SentencePiece vocabulary "
+                   "(cc_all.32000.100extra/sentencepiece.model; or set $PLEXBENCH_T5_VOCAB)")
+    p.add_argument("--readout", choices=("average", "paper"), default="average",
+                   help="T5 ensembles: 'average' stores member logits (probabilities averaged, default); 'paper' "
+                        "stores the reference code's logsumexp of raw member logits as one row (spec §9)")
     p.add_argument("--dataset", required=True, help="dataset name (plexbench list datasets)")
     p.add_argument("--split", default="test", help="split role (train/validation/test) or TFDS split string (default: test)")
     p.add_argument("--batch-size", type=int, default=256, help="global batch size (rounded up to a multiple of the device count)")
@@ -55,15 +60,21 @@ def register(sub) -> None:
     ve.set_defaults(func=run_store_verify)
 
 
-def make_handle(model: str, checkpoint: str | None):
+def make_handle(model: str, checkpoint: str | None, *, vocab: str | None = None, readout: str = "average"):
     """Registry name -> handle_from_registry; "module:function" -> handle_from_callable."""
     from plexbench.inference import handle_from_callable, handle_from_registry
 
     if ":" in model:
-        if checkpoint:
-            raise PlexbenchError("--checkpoint applies to registry models only; a callable returns its own params")
+        if checkpoint or vocab or readout != "average":
+            raise PlexbenchError("--checkpoint, --vocab and --readout apply to registry models only")
         return handle_from_callable(model)
-    return handle_from_registry(model, checkpoint)
+    from plexbench.models.registry import get_model
+
+    if get_model(model).config.architecture != "t5":
+        if vocab or readout != "average":
+            raise PlexbenchError(f"--vocab and --readout apply to T5 models; '{model}' is a ViT")
+        return handle_from_registry(model, checkpoint)
+    return handle_from_registry(model, checkpoint, readout=readout, vocab=vocab)
 
 
 def run_predict(args) -> int:
@@ -75,7 +86,7 @@ def run_predict(args) -> int:
     if args.out:
         fileio.check_output_file(args.out, "--out")
     paths.store_dir(args.store)
-    handle = make_handle(args.model, args.checkpoint)
+    handle = make_handle(args.model, args.checkpoint, vocab=args.vocab, readout=args.readout)
     entry = predict(handle, args.dataset, args.split, data_dir=args.data_dir, store_dir=args.store,
                     batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,
                     with_pre_logits=not args.no_pre_logits)

@@ -240,7 +240,10 @@ def _load_range(name: str, folder: str, rng: SplitRange, on_disk: bool, key: str
     info = get_dataset(name)
     out = None
     if on_disk:
-        cache_file = Path(folder) / ARRAY_CACHE_DIR / f"{rng.base}.npz"
+        # one file per label key: registry entries that share TFDS files but read another label
+        # (cifar10_n and cifar10_n/worst) must not overwrite each other's cache
+        suffix = "" if info.label_key == "label" else "." + "".join(c if c.isalnum() else "_" for c in info.label_key)
+        cache_file = Path(folder) / ARRAY_CACHE_DIR / f"{rng.base}{suffix}.npz"
         out = _read_array_cache(cache_file, key)
     if out is None:
         out = _decode_range(info, Path(folder), rng)

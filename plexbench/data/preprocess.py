@@ -21,6 +21,18 @@ Ops (B, H, W, C batches; every image of a batch has the same size):
 
 The result of the whole chain is float32 (a chain that ends in uint8 is cast without scaling).
 Unknown ops and bad arguments raise a one-line PlexbenchError.
+
+TensorFlow twins (for tf.data's parallel map; the input pipeline streams ImageNet-sized data through
+them, see plexbench.data.pipeline): `tf_image_fn(preprocess)` is the same chain on ONE image
+(H, W, C) as TensorFlow ops, giving the same bits as the numpy ops: `resize` and `resize_small` are
+`tf.image.resize` itself (bilinear without antialias / area, which the numpy ops reproduce), the
+new `resize_small` sides are computed with TF's float32 ops and banker's rounding as above, and
+`value_range` is the same three float32 steps. tests/test_data_preprocess_tf.py checks the bits.
+
+Deferred `value_range` (the uint8 transfer of plexbench.inference.engine): `value_range` maps the
+256 values of a uint8 image one by one, so for a chain that ends in it, `split_value_range` gives
+the chain without it (uint8 out) and the 256-entry float32 table of it; table[image] is the float32
+image bit for bit, wherever the lookup runs.
 """
 
 from __future__ import annotations
@@ -46,16 +58,23 @@ _CHUNK = 4  # images resized at a time: keeps the float32 temporaries in cache (
 
 @dataclass(frozen=True)
 class Preprocess:
-    """A parsed spec: call it on a batch (B, H, W, C) uint8/float32 -> float32 (B, H', W', C')."""
+    """A parsed spec: call it on a batch (B, H, W, C) uint8/float32 -> float32 (B, H', W', C').
+
+    `steps` holds each op's (name, args) as parsed (for the TensorFlow twins and
+    `split_value_range`); `keep_dtype` True returns the chain's own dtype (uint8 for a chain of
+    resizes and crops on uint8 input) instead of casting to float32.
+    """
 
     spec: str
     ops: tuple[Op, ...]
+    steps: tuple[tuple[str, tuple], ...] = ()
+    keep_dtype: bool = False
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         x = _check_batch(images)
         for op in self.ops:
             x = op(x)
-        return x.astype(np.float32, copy=False)
+        return x if self.keep_dtype else x.astype(np.float32, copy=False)
 
 
 _TOKEN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?$")
@@ -70,7 +89,7 @@ def parse(spec: str) -> Preprocess:
     """
     if not isinstance(spec, str):
         raise PlexbenchError(f"preprocessing spec must be a string, got {type(spec).__name__}")
-    ops = []
+    ops, steps = [], []
     for token in (t.strip() for t in spec.split("|")):
         if not token:
             if spec.strip():
@@ -81,8 +100,10 @@ def parse(spec: str) -> Preprocess:
             raise PlexbenchError(f"cannot parse preprocessing op '{token}' in '{spec}' (expected name or name(args))")
         name, arg_text = m.group(1), m.group(2)
         factory = OPS.get(name)  # unknown names: one line with close matches
-        ops.append(factory(*_parse_args(name, arg_text)))
-    return Preprocess(spec=spec, ops=tuple(ops))
+        args = tuple(_parse_args(name, arg_text))
+        ops.append(factory(*args))
+        steps.append((name, args))
+    return Preprocess(spec=spec, ops=tuple(ops), steps=tuple(steps))
 
 
 def _parse_args(name: str, text: str | None) -> list[float | int]:
@@ -315,3 +336,172 @@ def area_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             total = total + rows[:, yk[:, t]] * yw[None, :, t, None, None]
         out[s:s + _CHUNK] = total * inv
     return _back_to_input_dtype(out, x.dtype)
+
+
+# --------------------------------------------------------------------------- deferred value_range
+
+# Ops that map uint8 images to uint8 images (resizes truncate back to uint8), so a chain of them
+# followed by one value_range can hand uint8 images and a 256-entry table to whoever finishes it.
+_UINT8_PRESERVING = frozenset({"resize", "resize_small", "central_crop", "grey_to_rgb"})
+
+
+def value_range_table(low: float, high: float) -> np.ndarray:
+    """float32 (256,): `value_range` of the uint8 values 0..255, so table[x] == value_range(x) bit for bit.
+
+    Example: value_range_table(-1, 1)[[0, 51, 255]] -> [-1.0, -0.6, 1.0].
+    """
+    return value_range(np.arange(256, dtype=np.uint8), low=float(low), high=float(high))
+
+
+def split_value_range(pre: Preprocess) -> tuple[Preprocess, np.ndarray] | None:
+    """(the chain without its final value_range, returning uint8 on uint8 input; that op's table).
+
+    None unless the chain is uint8-preserving ops (resize, resize_small, central_crop,
+    grey_to_rgb) followed by exactly one value_range(a,b). For uint8 images x,
+    table[head(x)] == pre(x) bit for bit (see `value_range_table`).
+    Example: parse("resize(384)|grey_to_rgb|value_range(-1,1)") -> (resize(384)|grey_to_rgb, table(-1, 1)).
+    """
+    if not pre.steps or pre.steps[-1][0] != "value_range":
+        return None
+    if not all(name in _UINT8_PRESERVING for name, _ in pre.steps[:-1]):
+        return None
+    low, high = pre.steps[-1][1]
+    head = Preprocess(spec="|".join(f"{n}({','.join(map(str, a))})" if a else n for n, a in pre.steps[:-1]),
+                      ops=pre.ops[:-1], steps=pre.steps[:-1], keep_dtype=True)
+    return head, value_range_table(low, high)
+
+
+# --------------------------------------------------------------------------- TensorFlow twins
+# Each factory takes the op's parsed args and returns a function on ONE image tensor (H, W, C),
+# uint8 or float32, giving what the numpy op gives for that image as a batch of one. TensorFlow
+# is imported only when a twin is built.
+
+_TF_TWINS: dict[str, Callable] = {}
+
+
+def _tf_twin(name: str):
+    def register(factory):
+        _TF_TWINS[name] = factory
+        return factory
+
+    return register
+
+
+def tf_image_fn(pre: Preprocess) -> Callable | None:
+    """`pre` as TensorFlow ops on one image (H, W, C) -> float32 (H', W', C') (the chain's own dtype
+    when `pre.keep_dtype`), for tf.data's map; None if some op has no TensorFlow twin.
+
+    Bit-identical to `pre(image[None])[0]` (tests/test_data_preprocess_tf.py). Ops run eagerly or
+    traced (tf.data traces them), with the same result.
+    """
+    if any(name not in _TF_TWINS for name, _ in pre.steps) or len(pre.steps) != len(pre.ops):
+        return None
+    import tensorflow as tf
+
+    twins = [_TF_TWINS[name](*args) for name, args in pre.steps]
+
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow at trace time; errors as raised
+    def fn(image):
+        x = image
+        for twin in twins:
+            x = twin(x)
+        return x if pre.keep_dtype else tf.cast(x, tf.float32)
+
+    return fn
+
+
+def _tf_back_to_input_dtype(out, dtype):
+    """As `_back_to_input_dtype`: uint8 inputs clip to [0, 255] and truncate; else float32."""
+    import tensorflow as tf
+
+    if dtype == tf.uint8:
+        return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
+    return out
+
+
+@_tf_twin("resize")
+def _tf_resize(*args):
+    size = _sizes("resize", args)
+
+    def op(x):
+        import tensorflow as tf
+
+        return _tf_back_to_input_dtype(tf.image.resize(x, size, method="bilinear", antialias=False), x.dtype)
+
+    return op
+
+
+def tf_resize_small_size(height, width, side):
+    """`resize_small_size` in TF ops on scalar int32 tensors (or ints): (h, w) int32, the same numbers."""
+    import tensorflow as tf
+
+    factor = tf.cast(side, tf.float32) / tf.cast(tf.minimum(height, width), tf.float32)
+    h = tf.cast(tf.round(tf.cast(height, tf.float32) * factor), tf.int32)  # tf.round: half to even
+    w = tf.cast(tf.round(tf.cast(width, tf.float32) * factor), tf.int32)
+    return h, w
+
+
+@_tf_twin("resize_small")
+def _tf_resize_small(*args):
+    side = _sizes("resize_small", args, count=(1,))[0]
+
+    def op(x):
+        import tensorflow as tf
+
+        shape = tf.shape(x)
+        h, w = tf_resize_small_size(shape[0], shape[1], side)
+        return _tf_back_to_input_dtype(tf.image.resize(x, tf.stack([h, w]), method="area"), x.dtype)
+
+    return op
+
+
+@_tf_twin("central_crop")
+def _tf_central_crop(*args):
+    h, w = _sizes("central_crop", args)
+
+    def op(x):
+        import tensorflow as tf
+
+        shape = tf.shape(x)
+        fits = tf.debugging.assert_equal(
+            tf.logical_and(shape[0] >= h, shape[1] >= w), True,
+            message=f"central_crop({h},{w}) is larger than the image (height, width):")
+        with tf.control_dependencies([fits]):
+            top, left = (shape[0] - h) // 2, (shape[1] - w) // 2
+        out = tf.slice(x, tf.stack([top, left, 0]), [h, w, -1])
+        out.set_shape([h, w, x.shape[-1]])
+        return out
+
+    return op
+
+
+@_tf_twin("value_range")
+def _tf_value_range(*args):
+    make_value_range(*args)  # the same argument checks
+    low, high = float(args[0]), float(args[1])
+
+    def op(x):
+        import tensorflow as tf
+
+        out = tf.cast(x, tf.float32) / tf.constant(_F32(255.0))
+        out = out * tf.constant(_F32(high - low))
+        return out + tf.constant(_F32(low))
+
+    return op
+
+
+@_tf_twin("grey_to_rgb")
+def _tf_grey_to_rgb(*args):
+    make_grey_to_rgb(*args)
+
+    def op(x):
+        import tensorflow as tf
+
+        channels = x.shape[-1]
+        if channels == 3:
+            return x
+        if channels != 1:
+            raise PlexbenchError(f"grey_to_rgb expects 1 or 3 channels, got {channels}")
+        return tf.tile(x, [1, 1, 3])
+
+    return op

@@ -18,8 +18,18 @@ Choices where the spec is silent (documented here once):
   hold the 15 standard ImageNet-C corruptions x severities 1-5, expanded here in Python. Entry
   names use the TFDS config spelling (cifar10_corrupted says `elastic` and `frosted_glass_blur`);
   `DatasetInfo.corruption` always holds the canonical ImageNet-C name.
-- The language datasets of T5-Plex (glue/mnli, NaLUE, civil_comments) are not image datasets and
-  are not registered.
+- Text datasets (T5-Plex, spec §9) carry `DatasetInfo.text` (a `TextFields`): their text features,
+  the rule that turns the raw label into a class, and the label tokens of the classes. They have
+  no image shape (`image_shape` is ()) and are read by `plexbench.data.text`, not `load_arrays`.
+  MNLI is binary as in Plex: TFDS label 0 (entailment) -> class 1 (`<extra_id_1>`), neutral and
+  contradiction -> class 0 (`<extra_id_0>`); `glue/mnli` test = validation_matched and
+  `glue/mnli_mismatched` (TFDS's own config) test = its validation split. Toxicity (wikipedia
+  toxicity subtypes, civil_comments with identities): class = toxicity >= 0.5, same two tokens.
+  `clinc_oos` (the CLINC150 part of NaLUE) has its in-scope splits; `clinc_oos_out_of_scope` is
+  the same prepared TFDS dataset read at its `test_oos` split. NaLUE's label tokens are not in
+  the spec, so CLINC150 has none (tasks that need tokens refuse it with that reason).
+- `fortunes` and `fortunes_ood/{held_out,de,es,it}`: the embedded text benchmark
+  (plexbench.data.builders.fortunes documents categories and splits); classes k <-> `<extra_id_k>`.
 
 Nothing here imports TensorFlow: `is_available` and `list_rows` only look at the file system.
 """
@@ -55,6 +65,25 @@ GREY_PREPROCESS = "grey_to_rgb|value_range(-1,1)"
 
 
 @dataclass(frozen=True)
+class TextFields:
+    """What a text dataset adds to its entry.
+
+    - `features`: the text features, in the order the input template uses them.
+    - `label_rule`: how the raw `label_key` value becomes a class: "class" (an integer label as it
+      is), "map:a,b,c" (raw label i -> class a/b/c...), "threshold:t" (class 1 iff value >= t).
+    - `label_tokens`: vocabulary pieces of classes 0..K-1 (the readout of spec §9), or None.
+    - `template`: the text preprocessing op that builds the model input (plexbench.data.text).
+    - `group_features`: float features naming subpopulations (member iff >= 0.5), e.g. identities.
+    """
+
+    features: tuple[str, ...]
+    label_rule: str = "class"
+    label_tokens: tuple[str, ...] | None = None
+    template: str = "text_input"
+    group_features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """What plexbench knows about one dataset before reading any file.
 
@@ -74,6 +103,7 @@ class DatasetInfo:
     - `soft_label`: None, `feature:<key>` (a float vector feature) or `multi_hot:<key>` (uniform over
       a label set); gives `soft_label` float32 (N, K) in loaded arrays.
     - `family`, `corruption`, `severity`: set for members of a corruption family.
+    - `text`: set for text datasets (a `TextFields`); None for image datasets.
     """
 
     name: str
@@ -94,10 +124,15 @@ class DatasetInfo:
     corruption: str | None = None
     severity: int | None = None
     description: str = field(default="", compare=False)
+    text: TextFields | None = None
 
     def __post_init__(self):
         # A read-only view: an entry is shared by every caller and must not be edited in place.
         object.__setattr__(self, "splits", MappingProxyType(dict(self.splits)))
+
+    @property
+    def is_text(self) -> bool:
+        return self.text is not None
 
     @property
     def builder_name(self) -> str:
@@ -275,6 +310,16 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
+# Noisy label keys of the label-noise datasets (spec §11): plexbench key -> TFDS feature. Read from
+# tensorflow_datasets' own builders (image_classification/cifar10_n, cifar100_n): CIFAR-10N stores
+# `aggre_label`, `random_label1..3` and `worse_label` (spelled so by TFDS) beside the clean `label`;
+# CIFAR-100N stores `noise_label` beside the clean fine `label`. Only the train split has them.
+NOISY_LABEL_KEYS: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    "cifar10_n": MappingProxyType({"aggre": "aggre_label", "random1": "random_label1", "random2": "random_label2",
+                                   "random3": "random_label3", "worst": "worse_label"}),
+    "cifar100_n": MappingProxyType({"noisy": "noise_label"}),
+})
+
 # TFDS's cifar10_corrupted spells two ImageNet-C corruptions differently.
 _CIFAR10_C_SPELLING = {"elastic_transform": "elastic", "glass_blur": "frosted_glass_blur"}
 
@@ -330,6 +375,8 @@ def _register_all() -> None:  # a table, one call per dataset (long on purpose)
             builder="plexbench.data.builders.corrupted:FashionMnistCorrupted",
             requires=("fashion_mnist",), embedded=True)
 
+    _register_text()
+
     # In-distribution (spec §8).
     _standard("cifar10", {"train": "train[:98%]", "validation": "train[98%:]", "test": "test"}, 10, (32, 32, 3),
               class_names=CIFAR10_CLASSES, description="CIFAR-10")
@@ -369,6 +416,12 @@ def _register_all() -> None:  # a table, one call per dataset (long on purpose)
             num_classes=1000, class_names=None, shape=(224, 224, 3),
             hint=_IMAGENET_VAL_MANUAL.format(name="imagenet2012_corrupted") + "; TFDS generates the corruptions")
 
+    # Label noise (spec §11): human re-labels of the CIFAR training sets. `cifar10_n` / `cifar100_n`
+    # read the clean label; `<name>/<key>` read the same TFDS dataset (same folder, same images)
+    # with one noisy label key as `label`, so a task reads clean and noisy labels through the one
+    # loader. No validation role: the noisy labels cover the whole train split.
+    _label_noise_entries()
+
     # Few-shot (splits as in big_vision's few-shot evaluator).
     _standard("caltech_birds2011", {"train": "train", "test": "test"}, 200, (None, None, 3),
               description="CUB-200-2011 birds (few-shot)")
@@ -382,6 +435,87 @@ def _register_all() -> None:  # a table, one call per dataset (long on purpose)
               description="Oxford-IIIT Pet (few-shot)")
     _standard("uc_merced", {"train": "train[:1000]", "test": "train[1000:]"}, 21, (None, None, 3),
               description="UC Merced land use (few-shot)")
+
+
+_CIFAR_N_HINT = ("downloads CIFAR through TFDS and needs the CIFAR-N label files in --manual-dir "
+                 "(see https://www.tensorflow.org/datasets/catalog/{name})")
+_CIFAR_N_NOISE = {"aggre": "majority vote of 3 annotators, about 9% wrong",
+                  "random1": "annotator 1, about 17% wrong", "random2": "annotator 2, about 18% wrong",
+                  "random3": "annotator 3, about 18% wrong", "worst": "a wrong annotation where one exists, about 40% wrong",
+                  "noisy": "one annotator, about 40% wrong"}
+
+
+def _label_noise_entries() -> None:
+    """`cifar10_n`, `cifar100_n` (clean labels) and one entry per noisy label key (spec §11)."""
+    shapes = {"cifar10_n": (10, CIFAR10_CLASSES, "CIFAR-10N"), "cifar100_n": (100, CIFAR100_CLASSES, "CIFAR-100N")}
+    for name, keys in NOISY_LABEL_KEYS.items():
+        k, names, title = shapes[name]
+        hint = _CIFAR_N_HINT.format(name=name)
+        _standard(name, {"train": "train", "test": "test"}, k, (32, 32, 3), class_names=names, hint=hint,
+                  description=f"{title}: the CIFAR training set with human re-labels (clean `label` here)")
+        for key, feature in keys.items():
+            _add(DatasetInfo(
+                name=f"{name}/{key}", tfds_name=name, splits={"train": "train"}, num_classes=k, class_names=names,
+                image_shape=(32, 32, 3), default_preprocess=FINETUNED_PREPROCESS, embedded=False,
+                prepare_hint=f"the same TFDS dataset as {name}: preparing one prepares both; {hint}",
+                label_key=feature,
+                description=f"{title} train with the noisy label `{feature}` as label ({_CIFAR_N_NOISE[key]})"))
+
+
+# --------------------------------------------------------------------------- text datasets
+
+FORTUNE_CLASSES = ("computers", "science", "politics", "law", "food", "startrek")
+FORTUNE_HELD_OUT = ("sports", "medicine", "education", "love", "pets")
+BINARY_TOKENS = ("<extra_id_0>", "<extra_id_1>")  # spec §9: class k <-> <extra_id_k>
+CIVIL_COMMENTS_IDENTITIES = (
+    "male", "female", "transgender", "other_gender", "heterosexual", "homosexual_gay_or_lesbian", "bisexual",
+    "other_sexual_orientation", "christian", "jewish", "muslim", "hindu", "buddhist", "atheist", "other_religion",
+    "black", "white", "asian", "latino", "other_race_or_ethnicity", "physical_disability",
+    "intellectual_or_learning_disability", "psychiatric_or_mental_illness", "other_disability")
+_FORTUNES_HINT = "offline, from the Debian packages fortunes, fortunes-de, fortunes-es, fortunes-it (/usr/share/games/fortunes)"
+
+
+def _text(name, tfds_name, splits, num_classes, class_names, text: TextFields, *, embedded=False,
+          hint=_DOWNLOAD, builder=None, version=None, label_key="label", description="") -> None:
+    _add(DatasetInfo(name=name, tfds_name=tfds_name, splits=splits, num_classes=num_classes,
+                     class_names=class_names, image_shape=(), default_preprocess=text.template,
+                     embedded=embedded, prepare_hint=hint, builder=builder, version=version,
+                     label_key=label_key, description=description, text=text))
+
+
+def _register_text() -> None:  # a table, one call per dataset
+    fortunes = "plexbench.data.builders.fortunes:"
+    tokens = tuple(f"<extra_id_{k}>" for k in range(len(FORTUNE_CLASSES)))
+    _text("fortunes", "fortunes", {"train": "train", "validation": "validation", "test": "test"}, 6,
+          FORTUNE_CLASSES, TextFields(("text",), label_tokens=tokens), embedded=True, hint=_FORTUNES_HINT,
+          builder=fortunes + "Fortunes", version="1.0.0",
+          description="Debian fortune cookies, 6 English topics (in-distribution), 70/10/20 split")
+    _text("fortunes_ood/held_out", "fortunes_ood/held_out", {"test": "test"}, len(FORTUNE_HELD_OUT), FORTUNE_HELD_OUT,
+          TextFields(("text",)), embedded=True, hint=_FORTUNES_HINT, builder=fortunes + "FortunesOod",
+          version="1.0.0", description="fortune cookies of 5 held-out English topics (near OOD for fortunes)")
+    for lang, language in (("de", "German"), ("es", "Spanish"), ("it", "Italian")):
+        _text(f"fortunes_ood/{lang}", f"fortunes_ood/{lang}", {"test": "test"}, 1, (lang,), TextFields(("text",)),
+              embedded=True, hint=_FORTUNES_HINT, builder=fortunes + "FortunesOod", version="1.0.0",
+              description=f"{language} fortune cookies (far OOD for fortunes)")
+
+    mnli = TextFields(("premise", "hypothesis"), "map:1,0,0", BINARY_TOKENS, "mnli_input")
+    _text("glue/mnli", "glue/mnli", {"train": "train", "validation": "validation_matched", "test": "validation_matched"},
+          2, ("not_entailment", "entailment"), mnli, description="MNLI, binary entailment (Plex), matched validation")
+    _text("glue/mnli_mismatched", "glue/mnli_mismatched", {"test": "validation"}, 2, ("not_entailment", "entailment"),
+          mnli, description="MNLI mismatched validation (genre shift), binary")
+    clinc = TextFields(("text",))
+    _text("clinc_oos", "clinc_oos", {"train": "train", "validation": "validation", "test": "test"}, 151, None, clinc,
+          label_key="intent", description="CLINC150 intents (the CLINC part of NaLUE), in-scope splits")
+    _text("clinc_oos_out_of_scope", "clinc_oos", {"train": "train_oos", "validation": "validation_oos", "test": "test_oos"},
+          151, None, clinc, label_key="intent", description="CLINC150 out-of-scope queries (OOD for clinc_oos)")
+    toxic = TextFields(("text",), "threshold:0.5", BINARY_TOKENS)
+    _text("wikipedia_toxicity_subtypes", "wikipedia_toxicity_subtypes/EnglishSubtypes", {"train": "train", "test": "test"},
+          2, ("non_toxic", "toxic"), toxic, label_key="toxicity",
+          description="Wikipedia talk comments, toxic iff toxicity >= 0.5 (in-domain toxicity)")
+    _text("civil_comments", "civil_comments/CivilCommentsIdentities",
+          {"train": "train", "validation": "validation", "test": "test"}, 2, ("non_toxic", "toxic"),
+          TextFields(("text",), "threshold:0.5", BINARY_TOKENS, group_features=CIVIL_COMMENTS_IDENTITIES),
+          label_key="toxicity", description="Civil Comments with identity labels (toxicity shift, subpopulations)")
 
 
 _register_all()

@@ -13,6 +13,10 @@ Overlap. `run` keeps one step in flight: it dispatches step i+1 (JAX dispatch is
 before it copies step i's results to the host, so host work (reading the next batch, writing a
 store chunk) overlaps device compute; data.pipeline's prefetch thread overlaps decoding.
 
+uint8 images. A batch that carries `image_table` float32 (256,) (plexbench.data.pipeline's
+`uint8_images=True`) has uint8 images: they travel to the device as uint8 (4x fewer bytes than
+float32) and the step looks each value up in the table there, giving the float32 images bit for bit.
+
 Precision. `dtype` is the compute dtype; float32 runs trace with matmul precision "highest", so a GPU
 does not silently use TF32. A handle with `apply_fn_for_dtype` (plexbench's ViT) gets a
 module built for that dtype (float32 params, bfloat16 matmuls, float32 LayerNorm statistics);
@@ -37,17 +41,30 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from plexbench.errors import PlexbenchError
-from plexbench.inference.handle import ModelHandle, normalise_outputs
+from plexbench.inference.handle import EXTRA_OUTPUTS, ModelHandle, normalise_outputs
 
 DTYPES = ("float32", "bfloat16")
-# Per-row keys of an input batch that travel with the outputs (besides `mask`).
-ROW_KEYS = ("image", "id", "label", "soft_label")
+# Per-row keys of an input batch that travel with the outputs (besides `mask`). A batch holds
+# `image` float32 (B, H, W, 3) (or uint8 with TABLE_KEY) or, for text models, `tokens` int32 (B, L)
+# (0 = padding).
+ROW_KEYS = ("image", "tokens", "id", "label", "soft_label")
+INPUT_KEYS = ("image", "tokens")
+# Not per row: the value table of uint8 images (see the module docstring), kept as is by padding.
+TABLE_KEY = "image_table"
 
 
 # Jitted steps shared by engines with the same forward function, options and devices, so a
 # second handle (or Engine) over the same apply_fn reuses the compiled program.
 _STEPS: dict = {}
 _MAX_STEPS = 32
+
+
+def input_key(batch: dict) -> str:
+    """The model input of a batch: `image`, else `tokens`."""
+    for key in INPUT_KEYS:
+        if key in batch:
+            return key
+    raise PlexbenchError(f"batch has no model input ({' or '.join(INPUT_KEYS)}); keys: {sorted(batch)}")
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -64,7 +81,7 @@ def make_mesh():
     return Mesh(np.asarray(devices), ("data",))
 
 
-def rng_is_used(apply_fn, params, image_shape: tuple[int, ...]) -> bool:
+def rng_is_used(apply_fn, params, image_shape: tuple[int, ...], input_dtype=np.float32) -> bool:
     """Whether `apply_fn(params, images, rng)`'s outputs depend on `rng`, by tracing.
 
     Traces the function on one abstract row (no compile, no FLOPs) and walks the jaxpr backwards
@@ -74,7 +91,7 @@ def rng_is_used(apply_fn, params, image_shape: tuple[int, ...]) -> bool:
     """
     import jax
 
-    images = jax.ShapeDtypeStruct((1, *image_shape), np.float32)
+    images = jax.ShapeDtypeStruct((1, *image_shape), input_dtype)
     key = jax.ShapeDtypeStruct((2,), np.uint32)
     params_abs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
     closed = jax.make_jaxpr(lambda p, x, k: normalise_outputs(apply_fn(p, x, k))["logits"])(params_abs, images, key)
@@ -132,45 +149,57 @@ class Engine:
         self.key = jax.device_put(jax.random.PRNGKey(self.seed), self._replicated)
         self._input_dtype = compute if cast_to is not None else jnp.dtype("float32")
         self._uses_rng = handle.uses_rng
-        self._step = None
+        self._steps: dict[bool, Any] = {}  # with_table -> compiled step
+        self._table = None  # (host table, device copy) of uint8 batches
 
     # ------------------------------------------------------------------ compile
-    def _build_step(self, image_shape: tuple[int, ...]):
+    def _build_step(self, image_shape: tuple[int, ...], with_table: bool = False, input_dtype=np.float32):
+        """The jitted step(params, inputs, ids, key) (with_table: step(params, images, ids, key, table)
+        on uint8 images); `input_dtype` int32 for token ids (they stay integers)."""
         import jax
 
         if self._uses_rng is None:
-            self._uses_rng = rng_is_used(self._apply_fn, self.handle.params, image_shape)
+            traced = np.float32 if with_table else input_dtype
+            self._uses_rng = rng_is_used(self._apply_fn, self.handle.params, image_shape, traced)
             self.handle.uses_rng = self._uses_rng
         cache_key = (self._apply_fn, self.dtype, self._uses_rng, self.handle.per_example_keys, str(self._input_dtype),
-                     self.with_pre_logits, tuple(self.mesh.devices.flat))
+                     self.with_pre_logits, tuple(self.mesh.devices.flat), with_table, np.dtype(input_dtype).name)
         if cache_key not in _STEPS:
             if len(_STEPS) >= _MAX_STEPS:
                 _STEPS.pop(next(iter(_STEPS)))  # oldest first
-            _STEPS[cache_key] = self._jit_step(self._uses_rng)
+            _STEPS[cache_key] = self._jit_step(self._uses_rng, with_table)
         return _STEPS[cache_key]
 
-    def _jit_step(self, uses_rng: bool):
+    def _jit_step(self, uses_rng: bool, with_table: bool = False):
         import jax
+        import jax.numpy as jnp
 
         forward = _forward_fn(self._apply_fn, uses_rng, self.handle.per_example_keys)
         input_dtype, with_pre = self._input_dtype, self.with_pre_logits
         # float32 means float32: without this, GPUs may run float32 matmuls in TF32 (10-bit mantissa).
         precision = "highest" if self.dtype == "float32" else None
 
-        def step(params, images, ids, key):
+        def step(params, images, ids, key, table=None):
+            if table is not None:  # uint8 -> the float32 images, by lookup (exact)
+                images = jnp.take(table, images.astype(jnp.int32), axis=0)
+            # Token ids stay integers; images go to the compute dtype.
+            x = images.astype(input_dtype) if jnp.issubdtype(images.dtype, jnp.floating) else images
             with jax.default_matmul_precision(precision):
-                out = forward(params, images.astype(input_dtype), ids, key)
+                out = forward(params, x, ids, key)
             logits = out["logits"].astype("float32")
+            extras = {k: out[k].astype("float32") for k in EXTRA_OUTPUTS if out.get(k) is not None}
             pre = out.get("pre_logits")
             if not with_pre or pre is None:
-                return logits, None
-            return logits, pre.astype("float32")
+                return logits, None, extras
+            return logits, pre.astype("float32"), extras
 
-        return jax.jit(
-            step,
-            in_shardings=(self._replicated, self._rows, self._rows, self._replicated),
-            out_shardings=(self._member_rows, self._member_rows),
-        )
+        shardings = (self._replicated, self._rows, self._rows, self._replicated)
+        if with_table:
+            shardings += (self._replicated,)
+        else:
+            step = _without_table(step)
+        # every output is (E, rows, ...): members replicated, rows sharded
+        return jax.jit(step, in_shardings=shardings, out_shardings=self._member_rows)
 
     def global_batch_size(self, batch_size: int) -> int:
         """`batch_size` rounded up to a multiple of the number of devices (over all processes)."""
@@ -184,25 +213,42 @@ class Engine:
     def _dispatch(self, batch: dict):
         import jax
 
-        images = np.asarray(batch["image"], dtype=np.float32)
+        table = batch.get(TABLE_KEY)
+        with_table = table is not None
+        key = input_key(batch)
+        dtype = np.uint8 if with_table else np.float32 if key == "image" else np.int32
+        images = np.asarray(batch[key], dtype=dtype)
         ids = np.asarray(batch["id"]).astype(np.int64)
         if ids.size and ids.max() >= 2**31:
             raise PlexbenchError(f"example id {int(ids.max())} does not fit the int32 PRNG fold-in")
         g_images = jax.make_array_from_process_local_data(self._rows, images)
         g_ids = jax.make_array_from_process_local_data(self._rows, ids.astype(np.int32))
-        if self._step is not None:
-            return self._step(self.params, g_images, g_ids, self.key)
+        args = (self.params, g_images, g_ids, self.key)
+        if with_table:
+            args += (self._device_table(table),)
+        if with_table in self._steps:
+            return self._steps[with_table](*args)
         try:  # the first call traces and compiles: a model that cannot take these inputs fails here
-            self._step = self._build_step(tuple(images.shape[1:]))
-            return self._step(self.params, g_images, g_ids, self.key)
+            self._steps[with_table] = self._build_step(tuple(images.shape[1:]), with_table, images.dtype)
+            return self._steps[with_table](*args)
         except _shape_errors() as e:
-            self._step = None
+            self._steps.pop(with_table, None)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise PlexbenchError(f"model '{self.handle.name}' cannot run on images of shape "
+            what = "images" if key == "image" else "token ids"
+            raise PlexbenchError(f"model '{self.handle.name}' cannot run on {what} of shape "
                                  f"{tuple(images.shape[1:])}: {first}") from None
 
+    def _device_table(self, table):
+        """The (256,) value table on the devices, sent once per distinct table."""
+        import jax
+
+        table = np.asarray(table, np.float32)
+        if self._table is None or not np.array_equal(self._table[0], table):
+            self._table = (table, jax.device_put(table, self._replicated))
+        return self._table[1]
+
     def _to_host(self, batch: dict, out) -> dict:
-        logits, pre = out
+        logits, pre, extras = out
         host = {
             "id": np.asarray(batch["id"]).astype(np.int64),
             "mask": np.asarray(batch["mask"]).astype(bool),
@@ -218,19 +264,22 @@ class Engine:
             host["id"] = host["id"].astype(np.int64)
             logits = multihost_utils.process_allgather(logits, tiled=True)
             pre = None if pre is None else multihost_utils.process_allgather(pre, tiled=True)
+            extras = {k: multihost_utils.process_allgather(v, tiled=True) for k, v in extras.items()}
         host["logits"] = np.asarray(logits, dtype=np.float32)
         host["pre_logits"] = None if pre is None else np.asarray(pre, dtype=np.float32)
+        host["extras"] = {k: np.asarray(v, dtype=np.float32) for k, v in extras.items()}
         return host
 
     def run(self, batches: Iterable[dict], local_batch_size: int) -> Iterator[dict]:
         """Forward every batch; yield host results in batch order.
 
-        Each input batch (this process's share) has `image` float32 (b, H, W, 3), `id` (b,),
-        `label` (b,), `mask` bool (b,), optionally `soft_label` (b, K), with b <= local_batch_size;
-        shorter batches are padded with masked rows. Each output dict holds the GLOBAL batch:
-        `id` int64 (G,), `mask` bool (G,), `label` (G,), [`soft_label` float32 (G, K)],
-        `logits` float32 (E, G, K), `pre_logits` float32 (E, G, D) or None; rows with mask False
-        are padding.
+        Each input batch (this process's share) has `image` float32 (b, H, W, 3) (or uint8 with
+        `image_table`) or `tokens` int32 (b, L), `id` (b,), `label` (b,), `mask` bool (b,),
+        optionally `soft_label` (b, K), with b <= local_batch_size; shorter batches are padded with
+        masked rows. Each output dict holds the GLOBAL batch: `id` int64 (G,), `mask` bool (G,),
+        `label` (G,), [`soft_label` float32 (G, K)], `logits` float32 (E, G, K), `pre_logits`
+        float32 (E', G, D) or None, `extras` {name: float32 (E', G)} (EXTRA_OUTPUTS the model
+        returned, e.g. an SNGP head's `gp_variance`); rows with mask False are padding.
         """
         in_flight = None
         for batch in batches:
@@ -241,6 +290,15 @@ class Engine:
             in_flight = (batch, out)
         if in_flight is not None:
             yield self._to_host(*in_flight)
+
+
+def _without_table(step):
+    """step(params, images, ids, key): the four-argument form (float32 images)."""
+
+    def four(params, images, ids, key):
+        return step(params, images, ids, key)
+
+    return four
 
 
 def _shape_errors() -> tuple[type, ...]:
@@ -283,10 +341,10 @@ def _forward_fn(apply_fn, uses_rng: bool, per_example_keys: bool):
 
 
 def pad_batch(batch: dict, size: int) -> dict:
-    """`image`, `id`, `label`, `mask` (and `soft_label`) of `batch`, padded to `size` rows.
+    """`image` or `tokens`, `id`, `label`, `mask` (and `soft_label`) of `batch`, padded to `size` rows.
 
     Padding repeats row 0 with mask False. A batch with no `mask` gets an all-True one first;
-    other keys are dropped. Raises if the batch is larger than `size`.
+    `image_table` is kept as it is; other keys are dropped. Raises if the batch is larger than `size`.
     """
     n = len(batch["id"])
     if n > size:
@@ -294,7 +352,7 @@ def pad_batch(batch: dict, size: int) -> dict:
     out = {k: batch[k] for k in ROW_KEYS if k in batch}
     out["mask"] = np.asarray(batch.get("mask", np.ones(n, bool)), dtype=bool)
     if n == size:
-        return out
+        return _with_table(out, batch)
     if n == 0:
         raise PlexbenchError("empty batch")
     for k in list(out):
@@ -303,6 +361,12 @@ def pad_batch(batch: dict, size: int) -> dict:
         if k == "mask":
             filler[:] = False
         out[k] = np.concatenate([v, filler], axis=0)
+    return _with_table(out, batch)
+
+
+def _with_table(out: dict, batch: dict) -> dict:
+    if TABLE_KEY in batch:
+        out[TABLE_KEY] = batch[TABLE_KEY]
     return out
 
 
@@ -325,4 +389,4 @@ def empty_batch_like(batch: dict[str, Any], size: int) -> dict:
         v = np.asarray(batch[k])
         out[k] = np.repeat(v[:1], size, axis=0)
     out["mask"] = np.zeros(size, dtype=bool)
-    return out
+    return _with_table(out, batch)

@@ -26,6 +26,7 @@ import numpy as np
 
 from plexbench import fileio
 from plexbench.errors import PlexbenchError, shown
+from plexbench.inference.store import EXTRA_OUTPUTS  # (E, B) outputs carried beside the logits
 
 ApplyFn = Callable[[Any, Any, Any], dict]
 
@@ -148,18 +149,25 @@ def params_sha256(params: Any) -> str:
 # --------------------------------------------------------------------------------------- registry
 
 
-def handle_from_registry(name: str, checkpoint: str | Path | None = None) -> ModelHandle:
+def handle_from_registry(name: str, checkpoint: str | Path | None = None, *, readout: str = "average",
+                         vocab: str | Path | None = None) -> ModelHandle:
     """A handle for a registered model (plexbench.models.registry), weights loaded lazily.
 
     The checkpoint is `checkpoint` if given, else the registry entry's (zoo) checkpoint. Its sha256
     is computed here (it is part of the identity and so of the store key); its arrays are read and
     validated against the config only when `handle.params` is first used. A missing checkpoint
     raises PlexbenchError.
+
+    T5 models (their checkpoint is a T5X directory): `readout` "average" (member logits, metrics
+    average probabilities) or "paper" (spec §9's quirk, see handle_from_t5_config); `vocab` the
+    official T5 SentencePiece file for models whose preprocessing names the `t5` vocabulary.
     """
     from plexbench.models import checkpoint as ckpt_lib
     from plexbench.models.registry import get_model
 
     entry = get_model(name)
+    if entry.config.architecture == "t5":
+        return _t5_from_registry(entry, checkpoint, readout, vocab)
     path = Path(checkpoint) if checkpoint is not None else entry.checkpoint
     if path is None:
         raise PlexbenchError(f"model '{name}' has no bundled weights; " + CHECKPOINT_HINT)
@@ -174,14 +182,100 @@ def handle_from_registry(name: str, checkpoint: str | Path | None = None) -> Mod
                               load_params=lambda: ckpt_lib.load_params(config, path))
 
 
+def _t5_from_registry(entry, checkpoint, readout: str, vocab) -> ModelHandle:
+    from plexbench.models.t5x_checkpoint import directory_sha256, is_t5x_directory, load_t5x_params
+    from plexbench.models.tokenizer import register_vocab_file
+
+    if vocab is not None:
+        register_vocab_file("t5", vocab)
+    path = Path(checkpoint).expanduser() if checkpoint is not None else entry.checkpoint
+    if path is None:
+        raise PlexbenchError(f"model '{entry.name}' has no bundled weights; pass --checkpoint DIR (a T5X checkpoint directory)")
+    if not is_t5x_directory(path):
+        raise PlexbenchError(f"not a T5X checkpoint directory (no file 'checkpoint' in it): {path}")
+    config = entry.config
+    identity = {"kind": "registry", "config": config.to_dict(), "checkpoint_sha256": directory_sha256(path)}
+    return handle_from_t5_config(config, name=entry.name, preprocess=entry.preprocess, identity=identity,
+                                 load_params=lambda: load_t5x_params(config, path), readout=readout)
+
+
+def handle_from_t5_config(config, params: Any = None, *, name: str = "t5", preprocess: str | None = None,
+                          identity: dict | None = None, load_params: Callable[[], Any] | None = None,
+                          readout: str = "average") -> ModelHandle:
+    """A handle for plexbench's T5(-Plex) classifier (plexbench.models.t5) with `config` (a T5Config).
+
+    apply_fn(params, tokens int32 (B, L), rng) returns, for target length 1:
+    `logits` (E, B, C) the member's mean-field label-token logits (readout "average": metrics
+    average the members' probabilities, spec §3) or, with readout "paper", ONE row
+    (1, B, C) = logsumexp_m(logits_m) - log E (the reference code's ensemble of raw logits,
+    spec §9; its softmax is the paper's ensemble probability); `pre_logits` (E, B, d) the final
+    decoder hidden state (Mahalanobis embedding); `gp_variance` (E, B) for an SNGP head.
+    `params` is the tree with the GP state as `decoder/gp_head_state` (as the T5X reader gives it).
+    """
+    from plexbench.models.t5 import READOUTS
+
+    if readout not in READOUTS:
+        raise PlexbenchError(f"unknown readout '{readout}' (choose from {', '.join(READOUTS)})")
+    if config.target_length != 1:
+        raise PlexbenchError(f"model '{name}' reads {config.target_length} target positions (NaLUE); the prediction "
+                             "store holds one (E, N, K) readout, so only target length 1 runs through inference")
+    apply_fns: dict[str, ApplyFn] = {}
+
+    def apply_fn_for_dtype(dtype: str) -> ApplyFn:
+        if dtype not in apply_fns:
+            modules = []
+
+            def apply_fn(params, tokens, rng):
+                import math
+
+                import jax
+
+                from plexbench.models.sngp import split_state
+                from plexbench.models.t5 import build_t5
+
+                del rng  # deterministic
+                if not modules:
+                    modules.append(build_t5(config, dtype=dtype))
+                out = modules[0].apply(split_state(params), tokens)
+                logits = out["logits"][:, :, 0]
+                if readout == "paper":
+                    logits = (jax.nn.logsumexp(logits, axis=0) - math.log(logits.shape[0]))[None]
+                result = {"logits": logits, "pre_logits": out["hidden"][:, :, 0]}
+                if "gp_variance" in out:
+                    result["gp_variance"] = out["gp_variance"][:, :, 0]
+                return result
+
+            apply_fns[dtype] = apply_fn
+        return apply_fns[dtype]
+
+    if identity is None:
+        if params is None:
+            raise ValueError("handle_from_t5_config needs params to compute an identity")
+        identity = {"kind": "config", "config": config.to_dict(), "params_sha256": params_sha256(params)}
+    if readout != "average":
+        identity = {**identity, "readout": readout}  # a different output, a different store key
+    handle = ModelHandle(name, apply_fn_for_dtype("float32"), params=params, preprocess=preprocess,
+                         identity=identity, num_members=1 if readout == "paper" else config.ensemble_size,
+                         num_classes=config.num_classes, load_params=load_params, uses_rng=False,
+                         apply_fn_for_dtype=apply_fn_for_dtype)
+    from plexbench.models.config import param_count
+
+    handle.num_params = param_count(config)
+    return handle
+
+
 def handle_from_config(config, params: Any = None, *, name: str = "vit", preprocess: str | None = None,
                        identity: dict | None = None, load_params: Callable[[], Any] | None = None) -> ModelHandle:
-    """A handle for plexbench's ViT(-Plex) with `config` (plexbench.models.ModelConfig).
+    """A handle for plexbench's ViT(-Plex) with `config` (plexbench.models.ModelConfig); a T5
+    config is handed to `handle_from_t5_config`.
 
     Give `params` (e.g. from models.checkpoint.init_params or a training loop) or `load_params`.
     `identity` defaults to {"kind": "config", "config": ..., "params_sha256": ...} (hashing the
     params, so it needs `params`).
     """
+    if getattr(config, "architecture", "vit") == "t5":
+        return handle_from_t5_config(config, params, name=name, preprocess=preprocess, identity=identity,
+                                     load_params=load_params)
     apply_fns: dict[str, ApplyFn] = {}
 
     def apply_fn_for_dtype(dtype: str) -> ApplyFn:
@@ -195,7 +289,10 @@ def handle_from_config(config, params: Any = None, *, name: str = "vit", preproc
                     from plexbench.models import build
 
                     modules.append(build(config, dtype=dtype))
-                return modules[0].apply({"params": params}, images, rng=rng)
+                from plexbench.models.sngp import split_state
+
+                # An SNGP head keeps its state beside the parameters (a `head_state` subtree).
+                return modules[0].apply(split_state(params), images, rng=rng)
 
             apply_fns[dtype] = apply_fn
         return apply_fns[dtype]
@@ -315,18 +412,21 @@ def wrap_module_apply(module) -> ApplyFn:
 def normalise_outputs(out) -> dict:
     """Accept the ARCHITECTURE.md dict or plain logits (B, K) -> dict with logits (E, B, K).
 
-    Plain logits become one member: logits[None]; pre_logits is then None.
+    Plain logits become one member: logits[None]; pre_logits is then None. EXTRA_OUTPUTS present
+    in a dict are kept, as (E, B) (a (B,) array becomes one member).
     """
     if isinstance(out, dict):
         if "logits" not in out:
             raise PlexbenchError(f"model output dict has no 'logits' (keys: {sorted(out)})")
         logits = out["logits"]
+        extras = {k: (out[k] if out[k].ndim == 2 else out[k][None]) for k in EXTRA_OUTPUTS if out.get(k) is not None}
         if logits.ndim == 2:  # a dict with (B, K) logits: one member
             pre = out.get("pre_logits")
-            return {"logits": logits[None], "pre_logits": None if pre is None else (pre if pre.ndim == 3 else pre[None])}
+            return {"logits": logits[None], "pre_logits": None if pre is None else (pre if pre.ndim == 3 else pre[None]),
+                    **extras}
         if logits.ndim != 3:
             raise PlexbenchError(f"model logits must be (E, B, K) or (B, K), got shape {tuple(logits.shape)}")
-        return {"logits": logits, "pre_logits": out.get("pre_logits")}
+        return {"logits": logits, "pre_logits": out.get("pre_logits"), **extras}
     if getattr(out, "ndim", None) == 2:
         return {"logits": out[None], "pre_logits": None}
     raise PlexbenchError(f"model must return a dict or (B, K) logits, got {type(out).__name__}")

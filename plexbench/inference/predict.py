@@ -38,13 +38,18 @@ class DataSource:
     """Where the examples come from.
 
     `batches(*, batch_size, start, stop, process_index, process_count)` yields dicts with `image`
-    float32 (b, H, W, 3) (already preprocessed), `label` (b,), `id` int (b,), `mask` bool (b,),
+    float32 (b, H, W, 3) (already preprocessed), or uint8 (b, H, W, 3) together with `image_table`
+    float32 (256,) (the final `value_range` of the spec as a lookup table, applied on the device by
+    the engine: 4x fewer bytes to transfer, the same float32 images bit for bit), `label` (b,),
+    `id` int (b,), `mask` bool (b,),
     optionally `soft_label` float32 (b, K), covering example ids [start, stop) of the split, this
     process's share only. Every process must yield the same number of batches (padding batches
     with mask False where its share is shorter); `equal_steps` enforces it.
     `preprocess` (spec string) and `fingerprint` (content hash of the split) go into store keys.
     `input_shape`: (H, W, 3) of one preprocessed image when known beforehand (it sizes the batch
     check of `check_batch_size`), else None.
+    Text sources yield `tokens` int32 (b, L) instead of `image`, and `tokenizer_sha256` (the
+    vocabulary that made the tokens) goes into the store key too.
     """
 
     dataset: str
@@ -54,6 +59,7 @@ class DataSource:
     preprocess: str
     batches: BatchesFn
     input_shape: tuple[int, ...] | None = None
+    tokenizer_sha256: str | None = None
 
 
 def tfds_source(dataset: str, split: str, *, preprocess: str | None, data_dir=None, prefetch: int = 2) -> DataSource:
@@ -61,6 +67,8 @@ def tfds_source(dataset: str, split: str, *, preprocess: str | None, data_dir=No
     from plexbench.data import load, pipeline
 
     info, _ = load.locate(dataset, data_dir)  # unknown or unprepared dataset: one-line error
+    if info.is_text:
+        return text_source(dataset, split, preprocess=preprocess, data_dir=data_dir)
     data_dir = paths.data_dir(data_dir)
     spec = preprocess or info.default_preprocess
     n = load.num_examples(dataset, split, data_dir)
@@ -69,7 +77,7 @@ def tfds_source(dataset: str, split: str, *, preprocess: str | None, data_dir=No
         return pipeline.batches(
             dataset, split, batch_size=batch_size, preprocess=spec, data_dir=data_dir,
             process_index=process_index, process_count=process_count, prefetch=prefetch,
-            start=start, stop=stop)
+            start=start, stop=stop, uint8_images=True)
 
     fingerprint = load.dataset_fingerprint(dataset, split, data_dir)
     return DataSource(dataset, split, n, fingerprint, spec, batches, _preprocessed_shape(info.image_shape, spec))
@@ -115,9 +123,61 @@ def array_source(dataset: str, split: str, images: np.ndarray, labels: np.ndarra
     return DataSource(dataset, split, len(images), fingerprint, preprocess, batches, tuple(images.shape[1:]))
 
 
+def text_source(dataset: str, split: str, *, preprocess: str | None, data_dir=None) -> DataSource:
+    """A DataSource of token batches over a prepared text dataset (plexbench.data.text).
+
+    `preprocess`: a text spec such as `text_input|tokenize(fortunes,64)` (the T5 model's); the
+    dataset's default (a template alone) cannot make tokens, so a spec is required.
+    """
+    from plexbench.data import text
+
+    data_dir = paths.data_dir(data_dir)
+    if not preprocess:
+        raise PlexbenchError(f"text dataset '{dataset}' needs the model's text preprocessing "
+                             "(e.g. text_input|tokenize(t5,512))")
+    prep = text.parse_text(preprocess)
+    n = len(text.load_texts(dataset, split, data_dir)["label"])
+
+    def batches(*, batch_size, start, stop, process_index, process_count):
+        return text.batches(dataset, split, batch_size=batch_size, preprocess=prep, data_dir=data_dir,
+                            process_index=process_index, process_count=process_count, start=start, stop=stop)
+
+    return DataSource(dataset, split, n, text.text_fingerprint(dataset, split, data_dir), preprocess, batches,
+                      input_shape=(prep.length,), tokenizer_sha256=prep.tokenizer_sha256)
+
+
+def token_source(dataset: str, split: str, tokens: np.ndarray, labels: np.ndarray, *,
+                 preprocess: str = "tokens", fingerprint: str | None = None,
+                 tokenizer_sha256: str | None = None) -> DataSource:
+    """A DataSource over in-memory token ids int32 (N, L) (synthetic text, tests, benchmarks);
+    batches like `array_source`, with `tokens` instead of `image`."""
+    from plexbench import fileio
+
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    labels = np.asarray(labels)
+    if fingerprint is None:
+        fingerprint = fileio.sha256_bytes(tokens.tobytes() + labels.tobytes())
+
+    def batches(*, batch_size, start, stop, process_index, process_count):
+        for first in range(start, stop, batch_size * process_count):
+            lo = min(stop, first + process_index * batch_size)
+            hi = min(stop, lo + batch_size)
+            if hi > lo:
+                yield {"tokens": tokens[lo:hi], "label": labels[lo:hi], "id": np.arange(lo, hi),
+                       "mask": np.ones(hi - lo, bool)}
+
+    return DataSource(dataset, split, len(tokens), fingerprint, preprocess, batches, input_shape=tuple(tokens.shape[1:]),
+                      tokenizer_sha256=tokenizer_sha256)
+
+
 def key_fields(handle: ModelHandle, source: DataSource, *, dtype: str, seed: int) -> dict:
-    """What a store entry's content depends on (its key is the sha256 of this dict's JSON)."""
+    """What a store entry's content depends on (its key is the sha256 of this dict's JSON).
+
+    Text sources add `tokenizer_sha256` (image entries keep the keys they always had).
+    """
+    extra = {"tokenizer_sha256": source.tokenizer_sha256} if source.tokenizer_sha256 else {}
     return {
+        **extra,
         "model": handle.identity,
         "dataset": source.dataset,
         "split": source.split,
@@ -387,7 +447,8 @@ class ChunkAssembler:
     """Collect rows by example id into the missing chunks; write each chunk when it is full.
 
     `add(out)` takes an engine result (global batch: id, mask, label, logits (E,G,K),
-    pre_logits (E,G,D) | None) and returns the number of real (mask True) rows it held.
+    pre_logits (E',G,D) | None, extras {name: (E',G)}) and returns the number of real (mask True)
+    rows it held.
     """
 
     def __init__(self, path, manifest: dict, indices: list[int], *, write: bool, with_pre_logits: bool):
@@ -420,6 +481,8 @@ class ChunkAssembler:
         buf["logits"][:, pos] = out["logits"][:, rows]
         if buf.get("pre_logits") is not None:
             buf["pre_logits"][:, pos] = out["pre_logits"][:, rows]
+        for name, value in out.get("extras", {}).items():
+            buf[name][:, pos] = value[:, rows]
         buf["labels"][pos] = out["label"][rows]
         if "soft_labels" in buf:
             buf["soft_labels"][pos] = out["soft_label"][rows]
@@ -436,13 +499,16 @@ class ChunkAssembler:
         if "soft_label" in out:
             buf["soft_labels"] = np.zeros((n, out["soft_label"].shape[1]), np.float32)
         if self.with_pre and out.get("pre_logits") is not None:
-            buf["pre_logits"] = np.zeros((e, n, out["pre_logits"].shape[2]), np.float32)
+            pre = out["pre_logits"]  # its own member count (a one-member readout keeps E embeddings)
+            buf["pre_logits"] = np.zeros((pre.shape[0], n, pre.shape[2]), np.float32)
+        for name, value in out.get("extras", {}).items():
+            buf[name] = np.zeros((value.shape[0], n), np.float32)
         return buf
 
     def _flush(self, c: int, buf: dict) -> None:
         start, stop = self.ranges[c]
         arrays = {"logits": buf["logits"], "labels": buf["labels"], "ids": np.arange(start, stop, dtype=np.int64)}
-        for name in ("pre_logits", "soft_labels"):
+        for name in ("pre_logits", "soft_labels", *st.EXTRA_OUTPUTS):
             if name in buf:
                 arrays[name] = buf[name]
         if self.write:

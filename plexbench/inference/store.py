@@ -15,8 +15,9 @@ engine makes outputs independent of them (engine module docstring).
 
 Chunk c holds the examples with ids [c*C, min(N, (c+1)*C)) in id order:
 `logits` float32 (E, n, K), `pre_logits` float32 (E, n, D) (absent when not requested),
-`labels` (n,) as the dataset gives them, `ids` int64 (n,), and `soft_labels` float32 (n, K) for
-datasets with soft labels.
+`labels` (n,) as the dataset gives them, `ids` int64 (n,), `soft_labels` float32 (n, K) for
+datasets with soft labels, and the model's extra outputs float32 (E, n) when it returns any
+(`gp_variance` of an SNGP head; listed in the manifest as `extras`).
 
 Keys are 64 lower-case hex digits; a key (or prefix) given by a user is checked to be hex before
 it names a directory, so no key reaches outside the store. A manifest's chunk records are checked
@@ -57,6 +58,9 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 # Default chunk budget: ~64 MiB of float32 outputs per chunk (see default_chunk_size).
 CHUNK_BYTES = 64 * 2**20
+# Per-member, per-example outputs (E, B) a model may return besides logits and pre-logits; the
+# engine and the store carry them along (the SNGP head's predictive variance).
+EXTRA_OUTPUTS = ("gp_variance",)
 KEY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _HEX = re.compile(r"^[0-9a-f]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -235,6 +239,9 @@ def write_chunk(path: str | os.PathLike, manifest: dict, index: int, arrays: dic
         manifest["model_has_pre_logits"] = True
     elif pre_logits_requested:
         manifest["model_has_pre_logits"] = False
+    extras = [name for name in EXTRA_OUTPUTS if name in arrays]
+    if extras:
+        manifest["extras"] = extras
     manifest["chunks"][index] = {
         "file": name,
         "start": start,
@@ -359,6 +366,8 @@ class StoreEntry:
                 "soft_labels": np.concatenate([p["soft_labels"] for p in parts], axis=0) if has_soft else None,
                 "labels": np.concatenate([p["labels"] for p in parts], axis=0),
                 "ids": np.concatenate([p["ids"] for p in parts], axis=0),
+                "extras": {name: np.concatenate([p[name] for p in parts], axis=1)
+                           for name in EXTRA_OUTPUTS if all(name in p for p in parts)},
             }
         return self._arrays
 
@@ -377,6 +386,11 @@ class StoreEntry:
     @property
     def ids(self) -> np.ndarray:
         return self._load()["ids"]
+
+    @property
+    def extras(self) -> dict[str, np.ndarray]:
+        """Extra per-member outputs {name: float32 (E, N)} the model returned (e.g. `gp_variance`)."""
+        return self._load()["extras"]
 
     @property
     def soft_labels(self) -> np.ndarray | None:

@@ -8,7 +8,8 @@ Conventions (every public metric follows them):
   from 1 by more than `SUM_TOLERANCE` (1e-3) is an error; a row within it is divided by
   its sum, except rows within `ROUNDING_TOLERANCE` (1e-12) of 1, which are used as given
   (that difference is floating-point rounding, and leaving those rows untouched keeps
-  tied rows tied). The result is a float64 array (a new one only when a copy is needed).
+  tied rows tied). `check_probs` returns a float64 array (a new one only when a copy is
+  needed); the metrics apply the same rule chunk by chunk (plexbench.metrics.stats).
 - `log_probs`: floats (N, K) with no NaN and no +inf (-inf is probability 0); each row's
   logsumexp must be within 1e-3 of 0 and is subtracted when it exceeds 1e-12.
 - `soft_labels`: like `probs` (non-negative rows summing to 1, same tolerances).
@@ -41,9 +42,9 @@ def undefined(metric: str, why: str) -> float:
     return math.nan
 
 
-def row_chunks(n_rows: int, n_cols: int):
-    """Slices covering range(n_rows) with about CHUNK_ELEMENTS elements each."""
-    step = max(1, CHUNK_ELEMENTS // max(1, n_cols))
+def row_chunks(n_rows: int, n_cols: int, chunk_elements: int | None = None):
+    """Slices covering range(n_rows) with about `chunk_elements` (default CHUNK_ELEMENTS) elements each."""
+    step = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(1, n_cols))
     for start in range(0, n_rows, step):
         yield slice(start, min(n_rows, start + step))
 
@@ -180,22 +181,11 @@ def check_same_rows(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> N
 
 
 def check_labels_probs(labels, probs, probs_name: str = "probs") -> tuple[np.ndarray, np.ndarray]:
-    """(labels int64 (N,), probs float64 (N, K)) validated together."""
+    """(labels int64 (N,), probs (N, K)) validated together (the label-noise scores read both)."""
     p = check_probs(probs, probs_name)
     y = check_labels(labels, p.shape[1])
     check_same_rows(y, p, "labels", probs_name)
     return y, p
-
-
-def check_targets(labels, num_classes: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Hard labels (N,) or soft labels (N, K): returns (hard, None) or (None, soft)."""
-    arr = np.asarray(labels)
-    if arr.ndim == 2:
-        soft = check_probs(arr, "soft labels")
-        if soft.shape[1] != num_classes:
-            raise PlexbenchError(f"soft labels have {soft.shape[1]} classes but the predictions have {num_classes}")
-        return None, soft
-    return check_labels(arr, num_classes), None
 
 
 def check_fraction(fraction) -> float:

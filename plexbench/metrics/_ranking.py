@@ -41,6 +41,39 @@ def mann_whitney_auc(sorted_scores: np.ndarray, sorted_pos: np.ndarray) -> float
     return (two_rank_sum - num_pos * (num_pos + 1)) / (2.0 * num_pos * num_neg)
 
 
+def group_counts(sorted_scores: np.ndarray, sorted_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positives int64 (G,), negatives int64 (G,)) per run of equal scores, runs in ascending order."""
+    new = np.empty(sorted_scores.shape[0], dtype=bool)
+    new[0] = True
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    del new
+    pos = np.add.reduceat(sorted_pos.view(np.uint8), starts, dtype=np.int64)
+    neg = np.empty_like(pos)  # run sizes minus positives, without temporaries
+    np.subtract(starts[1:], starts[:-1], out=neg[:-1])
+    neg[-1] = sorted_scores.shape[0] - starts[-1]
+    neg -= pos
+    return pos, neg
+
+
+def auc_from_groups(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Mann-Whitney AUC from per-group counts int64 (G,), groups of tied scores in ascending order.
+
+    2U = sum_g P_g (2 Q_<g + Q_g): a positive beats every negative of a lower group and ties with
+    half of its own group's; exact in int64 and equal to the rank-sum form of `mann_whitney_auc`
+    (2U = twice the positives' rank sum - P (P + 1)). NaN when P or Q is 0.
+    """
+    num_pos, num_neg = int(positives.sum()), int(negatives.sum())
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    weight = np.cumsum(negatives)  # 2 Q_<g + Q_g = 2 (Q_<=g - Q_g) + Q_g, in place
+    weight -= negatives
+    weight *= 2
+    weight += negatives
+    two_u = int(np.dot(positives, weight))
+    return two_u / (2.0 * num_pos * num_neg)
+
+
 def descending_operating_points(sorted_scores: np.ndarray, sorted_pos: np.ndarray):
     """Cumulative (tp, fp, threshold) at each distinct score, thresholds from high to low.
 
@@ -58,9 +91,11 @@ def descending_operating_points(sorted_scores: np.ndarray, sorted_pos: np.ndarra
 def average_precision(tps: np.ndarray, fps: np.ndarray) -> float:
     """sum_n (R_n - R_{n-1}) P_n over descending thresholds, R_0 = 0 (scikit-learn's AP)."""
     num_pos = tps[-1]
-    precision = tps / (tps + fps)
-    recall = tps / num_pos
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    precision = tps + fps
+    precision = tps / precision
+    step = np.diff(tps / num_pos, prepend=0.0)
+    step *= precision
+    return float(np.sum(step))
 
 
 def fpr_at_tpr(tps: np.ndarray, fps: np.ndarray, tpr_level: float = 0.95) -> float:

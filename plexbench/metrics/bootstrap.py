@@ -1,18 +1,32 @@
-"""Percentile bootstrap confidence intervals for any scalar metric.
+"""Percentile bootstrap confidence intervals: one policy for every metric of plexbench.
 
-Resampling: example rows are drawn with replacement, N out of N, the same rows for every
-array passed (paired). Sample b uses the b-th block of N draws of
-`numpy.random.default_rng(seed).integers(0, N, ...)`, so the resamples depend only on the
-seed, N and b (not on how many are drawn at once). Interval: the alpha/2 and 1 - alpha/2
-quantiles (linear interpolation) of the resampled values. Resamples where the metric is
-NaN (e.g. calib_auc of a resample without errors) are left out of the quantiles, with one
+Resampling: example rows are drawn with replacement, N out of N. Sample b uses the b-th block of
+N draws of `numpy.random.default_rng(seed).integers(0, N, ...)`, so the resamples depend only on
+the seed, N and b (not on how many are drawn at once). Data made of separate strata (OOD
+detection: in-distribution rows and OOD rows) resample each stratum on its own, stratified:
+stratum 0 from `default_rng(seed)` (the same draws as a single-stratum set of the same N, so an
+OOD task's in-distribution rows are resampled exactly like its in-distribution metrics), stratum
+`s` with stream number `t` from `default_rng([seed, t])`. Interval: the alpha/2 and
+1 - alpha/2 quantiles (linear interpolation) of the resampled values. Resamples where the metric
+is NaN (e.g. calib_auc of a resample without errors) are left out of the quantiles, with one
 `UndefinedMetricWarning` saying how many.
+
+Two implementations of that one policy:
+
+- `bootstrap_intervals(functions, data, ...)`: `data` is a container of per-example statistics
+  (plexbench.metrics.stats.ExampleStats, plexbench.metrics.ood.DetectionScores) whose `resample`
+  gathers O(N) values and reuses the data's one sort, and every metric of `functions` is computed
+  on the same resamples. This is what tasks and `plexbench score` use: O(N) per resample (O(N K)
+  only for the metrics that read every class, classwise ECE).
+- `bootstrap_ci(metric_fn, *arrays, ...)`: resamples the raw arrays (paired rows) and calls the
+  metric on each resample; O(N K) per resample for (N, K) predictions. It is the reference the
+  fast path is tested against (same seed, same numbers).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -22,6 +36,9 @@ from plexbench.progress import bar
 
 # Rows of indices drawn at once: bounds memory to about 64 MiB of int64 indices.
 _INDEX_BUDGET = 8 << 20
+# The same for the per-example-statistics bootstrap, whose resamples are cheap: a block of about
+# 8 MiB of indices stays in cache while its resamples are evaluated (the stream does not depend on it).
+_STATS_INDEX_BUDGET = 1 << 20
 
 
 def check_num_samples(num_samples) -> int:
@@ -30,10 +47,15 @@ def check_num_samples(num_samples) -> int:
     return int(num_samples)
 
 
-def index_blocks(n: int, num_samples: int, seed: int):
+def stream_rng(seed: int, stream: int = 0) -> np.random.Generator:
+    """The generator of stratum stream `stream`: default_rng(seed) for 0, default_rng([seed, stream]) else."""
+    return np.random.default_rng(seed if stream == 0 else [seed, stream])
+
+
+def index_blocks(n: int, num_samples: int, seed: int, stream: int = 0, per_block: int | None = None):
     """Yield (start, indices (b, n) int64) blocks covering samples 0..num_samples-1."""
-    rng = np.random.default_rng(seed)
-    per_block = max(1, _INDEX_BUDGET // max(1, n))
+    rng = stream_rng(seed, stream)
+    per_block = per_block or max(1, _INDEX_BUDGET // max(1, n))
     for start in range(0, num_samples, per_block):
         size = min(per_block, num_samples - start)
         yield start, rng.integers(0, n, size=(size, n))
@@ -81,6 +103,47 @@ def bootstrap_distribution(metric_fn: Callable, *arrays, num_samples: int, seed:
                     out[start + j] = metric_fn(*(a[rows] for a in data))
             progress.update(idx.shape[0])
     return out
+
+
+def bootstrap_distributions(functions: Mapping[str, Callable], data, *, num_samples: int,
+                            seed: int = 0) -> dict[str, np.ndarray]:
+    """{name: fn(resample) over `num_samples` resamples of `data`}, float64 (num_samples,) each.
+
+    `data` has `strata` (((rows, stream), ...): see the module docstring) and `resample(draws)`
+    (draws: one int64 index array per stratum, in draw order) returning an object of the same
+    kind; each fn maps such an object to a float. Every fn sees the same resamples.
+    """
+    num_samples = check_num_samples(num_samples)
+    strata = tuple(data.strata)
+    if any(n < 1 for n, _ in strata):
+        raise PlexbenchError(f"bootstrap needs at least one row in every stratum, got {[n for n, _ in strata]}")
+    per_block = max(1, _STATS_INDEX_BUDGET // sum(n for n, _ in strata))
+    out = {name: np.empty(num_samples, dtype=np.float64) for name in functions}
+    blocks = [index_blocks(n, num_samples, seed, stream, per_block) for n, stream in strata]
+    with warnings.catch_warnings(), bar(num_samples, "bootstrap", unit="resample") as progress:
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # counted once in percentile_interval
+        for parts in zip(*blocks):
+            start = parts[0][0]
+            for j in range(parts[0][1].shape[0]):
+                view = data.resample(tuple(idx[j] for _, idx in parts))
+                for name, fn in functions.items():
+                    out[name][start + j] = fn(view)
+            progress.update(parts[0][1].shape[0])
+    return out
+
+
+def bootstrap_intervals(functions: Mapping[str, Callable], data, *, num_samples: int, seed: int = 0,
+                        alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """{name: (low, high)}: percentile-bootstrap (1 - alpha) intervals of every fn(data) on the
+    same resamples (see `bootstrap_distributions` and the module docstring).
+
+    Example: `bootstrap_intervals({"accuracy": accuracy, "nll": nll}, stats, num_samples=1000, seed=0)`
+    with `stats` an ExampleStats.
+    """
+    if not 0 < alpha < 1:
+        raise PlexbenchError(f"alpha must be in (0, 1), got {alpha}")
+    values = bootstrap_distributions(functions, data, num_samples=num_samples, seed=seed)
+    return {name: percentile_interval(v, alpha, name) for name, v in values.items()}
 
 
 def bootstrap_ci(metric_fn: Callable, *arrays, num_samples: int, seed: int = 0, alpha: float = 0.05,

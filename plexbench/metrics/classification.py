@@ -1,7 +1,14 @@
 """Classification and calibration metrics (spec §5): numpy in, Python float out.
 
-Shapes: `labels` int (N,); `probs` float (N, K), rows summing to 1 (see `_checks` for the
-tolerance and renormalisation rule); `log_probs` float (N, K). All sums are float64.
+Every metric takes either raw arrays, `(labels, probs)` (or `(labels, log_probs)` for `nll`), or
+one `ExampleStats` (plexbench.metrics.stats: predictions validated once, with their per-example
+statistics): `accuracy(labels, probs)` and `accuracy(stats)` give the same number. On raw arrays a
+metric makes one validating pass in row chunks that computes only the statistics it reads (input in
+its own dtype, float64 arithmetic inside a chunk); on `ExampleStats` it is O(N) (or O(N log N) for
+the first metric that needs the confidence order, which is then shared).
+
+Shapes: `labels` int (N,); `probs` float (N, K), rows summing to 1 (see plexbench.metrics.stats
+for the tolerance and renormalisation rule); `log_probs` float (N, K). Sums are float64.
 
 Shared rules:
 - prediction = argmax of the row; a tie between classes goes to the LOWEST class index
@@ -19,23 +26,19 @@ import math
 
 import numpy as np
 
-from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics import _ranking
 from plexbench.metrics.vocabulary import declares
+from plexbench.metrics.stats import NLL_CLIP, ConfidenceOrder, ExampleStats, stats_of
 
 
 # ----------------------------------------------------------------------------- building blocks
-def top_label(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence float64 (N,), prediction int64 (N,)); ties go to the lowest class index."""
-    pred = np.argmax(probs, axis=1)
-    conf = np.take_along_axis(probs, pred[:, None], axis=1)[:, 0].astype(np.float64, copy=False)
-    return conf, pred.astype(np.int64, copy=False)
-
-
 def equal_width_bins(conf: np.ndarray, num_bins: int) -> np.ndarray:
-    """floor(num_bins * conf) clipped to [0, num_bins - 1], int64 (N,)."""
-    return np.clip(np.floor(num_bins * conf), 0, num_bins - 1).astype(np.int64)
+    """floor(num_bins * conf) clipped to [0, num_bins - 1], int64 (N,) (conf >= 0)."""
+    bins = np.floor(num_bins * conf)
+    np.minimum(bins, num_bins - 1, out=bins)
+    np.maximum(bins, 0, out=bins)
+    return bins.astype(np.int64)
 
 
 def binned_sums(bins: np.ndarray, conf: np.ndarray, correct: np.ndarray, num_bins: int):
@@ -46,136 +49,90 @@ def binned_sums(bins: np.ndarray, conf: np.ndarray, correct: np.ndarray, num_bin
     return count, conf_sum, acc_sum
 
 
-def ece_from(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
-    """Equal-width top-label ECE from confidences and correctness flags (already validated)."""
-    _, conf_sum, acc_sum = binned_sums(equal_width_bins(conf, num_bins), conf, correct, num_bins)
-    return float(np.abs(acc_sum - conf_sum).sum() / conf.shape[0])
-
-
-def probability_of_label(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """p[i, labels[i]] as float64 (N,)."""
-    return np.take_along_axis(probs, labels[:, None], axis=1)[:, 0].astype(np.float64, copy=False)
-
-
-def squared_norms(x: np.ndarray) -> np.ndarray:
-    """sum_k x[i, k]^2 per row, float64, in row chunks (no (N, K) temporary)."""
-    out = np.empty(x.shape[0], dtype=np.float64)
-    for rows in C.row_chunks(x.shape[0], x.shape[1]):
-        chunk = x[rows].astype(np.float64, copy=False)
-        out[rows] = np.einsum("ij,ij->i", chunk, chunk)
-    return out
-
-
-def row_dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """sum_k x[i, k] y[i, k] per row, float64, in row chunks."""
-    out = np.empty(x.shape[0], dtype=np.float64)
-    for rows in C.row_chunks(x.shape[0], x.shape[1]):
-        out[rows] = np.einsum("ij,ij->i", x[rows].astype(np.float64, copy=False), y[rows])
-    return out
-
-
-def nll_per_example(labels: np.ndarray | None, soft: np.ndarray | None, log_probs: np.ndarray,
-                    clip: float | None = None) -> np.ndarray:
-    """-log p_y (hard labels) or -sum_k y_k log p_k (soft labels; 0 * log 0 = 0), (N,)."""
-    floor = -np.inf if clip is None else np.log(clip)
-    if soft is None:
-        return -np.maximum(probability_of_label(log_probs, labels), floor)
-    out = np.empty(log_probs.shape[0], dtype=np.float64)
-    for rows in C.row_chunks(*log_probs.shape):
-        y = soft[rows]
-        lp = np.maximum(log_probs[rows], floor)
-        out[rows] = -(y * np.where(y > 0, lp, 0.0)).sum(axis=1)  # 0 * log 0 = 0
-    return out
-
-
-def brier_per_example(labels: np.ndarray | None, soft: np.ndarray | None, probs: np.ndarray,
-                      probs_sq: np.ndarray | None = None) -> np.ndarray:
-    """sum_k (p_k - y_k)^2 = sum p^2 - 2 p.y + sum y^2 per example, (N,).
-
-    `probs_sq` (sum p^2 per row) can be passed when already computed.
-    """
-    sq = squared_norms(probs) if probs_sq is None else probs_sq
-    if soft is None:
-        return sq - 2.0 * probability_of_label(probs, labels) + 1.0
-    return sq - 2.0 * row_dots(probs, soft) + squared_norms(soft)
-
-
-def _check_bins(labels, probs, num_bins):
-    y, p = C.check_labels_probs(labels, probs)
-    conf, pred = top_label(p)
-    return conf, pred == y, C.check_num_bins(num_bins)
+def _labelled(labels, probs, what: str, want=("conf", "correct"), source: str = "probs") -> ExampleStats:
+    stats = stats_of(labels, probs, source=source, want=want, what=what)
+    stats.require_labels(what)
+    return stats
 
 
 # ----------------------------------------------------------------------------- public metrics
 @declares("accuracy", direction="higher", category="prediction", paper="identity",
           description="fraction of examples whose top-1 class is the label")
-def accuracy(labels, probs) -> float:
+def accuracy(labels, probs=None) -> float:
     """Top-1 accuracy: mean(argmax_k p[i, k] == labels[i]); class ties -> lowest index.
+
+    Reads `correct` (count exact in int64).
 
     >>> accuracy([0, 1], [[0.6, 0.4], [0.7, 0.3]])
     0.5
     """
-    y, p = C.check_labels_probs(labels, probs)
-    return float(np.mean(np.argmax(p, axis=1) == y))
+    stats = _labelled(labels, probs, "accuracy", want=("correct",))
+    return int(np.count_nonzero(stats.correct)) / stats.num_examples
 
 
 @declares("nll", direction="lower", category="prediction", value_range=(0.0, math.inf), paper="nll",
           plexbench="nll", description="mean negative log-likelihood of the label (nats)")
-def nll(labels, log_probs, *, clip: float | None = None) -> float:
-    """Mean negative log-likelihood, exact from log-probabilities.
+def nll(labels, log_probs=None, *, clip: float | None = NLL_CLIP) -> float:
+    """Mean negative log-likelihood, from log-probabilities, with Plex's clip (spec §5).
 
-    labels: int (N,) -> mean_i -log p[i, y_i]; or soft labels float (N, K) ->
-    mean_i -sum_k y_ik log p_ik (soft-label cross-entropy; terms with y_ik = 0 are 0 even
-    where log p = -inf). log_probs: (N, K), rows with logsumexp 0. A true class with
-    probability 0 gives inf. `clip`: Plex clips probabilities at 1e-7 before the log;
-    pass clip=1e-7 to reproduce that (default None: exact).
+    labels: int (N,) -> mean_i -log max(p[i, y_i], clip); or soft labels float (N, K) ->
+    mean_i -sum_k y_ik log max(p_ik, clip) (soft-label cross-entropy; terms with y_ik = 0 are 0
+    even where log p = -inf). log_probs: (N, K), rows with logsumexp 0 (a row off by more than
+    1e-12 is shifted by its logsumexp), float64 arithmetic. `clip` (default 1e-7, as Plex: the
+    per-example NLL is at most -ln 1e-7 = 16.118 and never infinite); clip=None gives the exact
+    value (inf when a true class has probability 0). The clip changes nothing where p_y >= 1e-7.
 
     >>> round(nll([0], np.log([[0.5, 0.5]])), 6)  # -log 0.5
     0.693147
     """
-    lp = C.check_log_probs(log_probs)
-    y, soft = C.check_targets(labels, lp.shape[1])
-    C.check_same_rows(soft if y is None else y, lp, "labels", "log_probs")
-    if clip is not None and not 0 < clip < 1:
-        raise PlexbenchError(f"clip must be in (0, 1), got {clip}")
-    return float(np.mean(nll_per_example(y, soft, lp, clip)))
+    stats = _labelled(labels, log_probs, "nll", want=("nll",), source="log_probs")
+    return float(np.mean(stats.nll_terms(clip)))
 
 
 @declares("brier", direction="lower", category="prediction", value_range=(0.0, 2.0), paper="identity",
           plexbench="half", paper_note="paper quirk: lower-is-better but left unflipped, as in the paper's code",
           description="mean squared distance between the probabilities and the one-hot label")
-def brier(labels, probs) -> float:
+def brier(labels, probs=None) -> float:
     """Mean over examples of sum_k (p_k - y_k)^2, y one-hot (int labels) or soft (N, K).
 
-    Computed as sum p^2 - 2 p.y + sum y^2 without building the one-hot matrix. Range [0, 2].
+    Per example sum p^2 - 2 p.y + sum y^2 in float64 (sum p^2 cancels against 2 p_y - 1 for
+    confident rows, so float32 input is converted first), without building the one-hot matrix.
+    Range [0, 2].
 
     >>> round(brier([0], [[0.75, 0.25]]), 4)  # 0.25^2 + 0.25^2
     0.125
     """
-    p = C.check_probs(probs)
-    y, soft = C.check_targets(labels, p.shape[1])
-    C.check_same_rows(soft if y is None else y, p, "labels", "probs")
-    return float(np.mean(brier_per_example(y, soft, p)))
+    stats = _labelled(labels, probs, "brier", want=("brier",))
+    return float(np.mean(stats.brier))
+
+
+def _bins_stats(labels, probs, num_bins, what):
+    stats = _labelled(labels, probs, what)
+    return stats, C.check_num_bins(num_bins)
 
 
 @declares("ece", direction="lower", category="uncertainty", paper="one_minus", plexbench="one_minus",
           description="expected calibration error, equal-width bins of the top-label confidence")
-def ece(labels, probs, *, num_bins: int = 15) -> float:
+def ece(labels, probs=None, *, num_bins: int = 15) -> float:
     """Expected calibration error, equal-width top-label bins (Plex: 15).
 
     bin = floor(num_bins * c) clipped to [0, num_bins - 1] (c = max prob);
-    ECE = sum_b (n_b / N) |acc_b - conf_b|; empty bins contribute 0.
+    ECE = sum_b (n_b / N) |acc_b - conf_b|; empty bins contribute 0. Bin sums in float64.
 
     >>> ece([0, 1], [[0.9, 0.1], [0.6, 0.4]])  # bins 13 and 9: (|1-0.9| + |0-0.6|)/2
     0.35
     """
-    conf, correct, b = _check_bins(labels, probs, num_bins)
-    return ece_from(conf, correct, b)
+    stats, b = _bins_stats(labels, probs, num_bins, "ece")
+    conf = stats.conf
+    bins = equal_width_bins(conf, b)
+    conf_sum = np.bincount(bins, weights=conf, minlength=b)
+    acc_sum = np.bincount(bins, weights=stats.correct, minlength=b)
+    return float(np.abs(acc_sum - conf_sum).sum() / stats.num_examples)
 
 
 @declares("adaptive_ece", direction="lower", category="uncertainty", plexbench="one_minus",
           description="expected calibration error, equal-mass bins of the top-label confidence")
-def adaptive_ece(labels, probs, *, num_bins: int = 15) -> float:
+def adaptive_ece(labels, probs=None, *, num_bins: int = 15) -> float:
     """ECE with equal-mass bins.
 
     Examples are sorted by confidence (ties: incorrect before correct, so the result does
@@ -183,7 +140,8 @@ def adaptive_ece(labels, probs, *, num_bins: int = 15) -> float:
     differing by at most one, larger groups first (numpy.array_split); with N < num_bins
     some groups are empty and contribute 0. ECE = sum_b |sum correct - sum conf| / N.
     """
-    conf, correct, b = _check_bins(labels, probs, num_bins)
+    stats, b = _bins_stats(labels, probs, num_bins, "adaptive_ece")
+    conf, correct = stats.conf, stats.correct
     order = np.lexsort((correct, conf))
     n = conf.shape[0]
     sizes = np.full(b, n // b) + (np.arange(b) < n % b)
@@ -195,22 +153,24 @@ def adaptive_ece(labels, probs, *, num_bins: int = 15) -> float:
 
 @declares("classwise_ece", direction="lower", category="uncertainty", plexbench="one_minus",
           description="calibration error of every class probability, averaged over classes")
-def classwise_ece(labels, probs, *, num_bins: int = 15) -> float:
+def classwise_ece(labels, probs=None, *, num_bins: int = 15) -> float:
     """Classwise (static) calibration error: mean over classes k of the equal-width ECE of p_k.
 
     For class k every example is binned by p[i, k] (floor(num_bins * p) clipped), and
     CE_k = sum_b |sum_{i in b} 1[y_i = k] - sum_{i in b} p[i, k]| / N; result = mean_k CE_k
-    (Nixon et al. 2019, "SCE").
+    (Nixon et al. 2019, "SCE"). Reads every class: O(N K), also per bootstrap resample.
     """
-    y, p = C.check_labels_probs(labels, probs)
+    stats = stats_of(labels, probs, want=(), what="classwise_ece")
+    stats.require_labels("classwise_ece")
     b = C.check_num_bins(num_bins)
-    n, k = p.shape
+    n, k = stats.num_examples, stats.num_classes
+    y = stats.labels
     conf_sum = np.zeros(k * b)
     hit_sum = np.zeros(k * b)
     offsets = np.arange(k) * b
-    for rows in C.row_chunks(n, k):
-        bins = equal_width_bins(p[rows], b) + offsets
-        conf_sum += np.bincount(bins.ravel(), weights=p[rows].ravel(), minlength=k * b)
+    for rows, p in stats.prob_chunks():
+        bins = equal_width_bins(p, b) + offsets
+        conf_sum += np.bincount(bins.ravel(), weights=p.ravel(), minlength=k * b)
         hits = np.take_along_axis(bins, y[rows, None], axis=1)[:, 0]
         hit_sum += np.bincount(hits, minlength=k * b)
     return float(np.abs(hit_sum - conf_sum).sum() / n / k)
@@ -218,25 +178,27 @@ def classwise_ece(labels, probs, *, num_bins: int = 15) -> float:
 
 @declares("rms_ce", "rms_calibration_error", direction="lower", category="uncertainty", plexbench="one_minus",
           description="root-mean-square calibration error, equal-width bins")
-def rms_calibration_error(labels, probs, *, num_bins: int = 15) -> float:
+def rms_calibration_error(labels, probs=None, *, num_bins: int = 15) -> float:
     """Root-mean-square calibration error, equal-width top-label bins (same bins as `ece`).
 
     RMSCE = sqrt(sum_b (n_b / N) (acc_b - conf_b)^2); empty bins contribute 0.
     """
-    conf, correct, b = _check_bins(labels, probs, num_bins)
+    stats, b = _bins_stats(labels, probs, num_bins, "rms_ce")
+    conf, correct = stats.conf, stats.correct
     count, conf_sum, acc_sum = binned_sums(equal_width_bins(conf, b), conf, correct, b)
     full = count > 0
     gap2 = (acc_sum[full] - conf_sum[full]) ** 2 / count[full]
     return float(np.sqrt(gap2.sum() / conf.shape[0]))
 
 
-def reliability_diagram(labels, probs, *, num_bins: int = 15) -> dict[str, np.ndarray]:
+def reliability_diagram(labels, probs=None, *, num_bins: int = 15) -> dict[str, np.ndarray]:
     """Per-bin data of the equal-width top-label bins used by `ece`.
 
     Returns float64 arrays (B,) `bin_lower` = b/B, `bin_upper` = (b+1)/B, int64 `count`,
     and `accuracy`, `confidence` (means within the bin; NaN for an empty bin).
     """
-    conf, correct, b = _check_bins(labels, probs, num_bins)
+    stats, b = _bins_stats(labels, probs, num_bins, "reliability_diagram")
+    conf, correct = stats.conf, stats.correct
     count, conf_sum, acc_sum = binned_sums(equal_width_bins(conf, b), conf, correct, b)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
@@ -248,9 +210,13 @@ def reliability_diagram(labels, probs, *, num_bins: int = 15) -> dict[str, np.nd
         }
 
 
-def calib_auc_sorted(sorted_conf_desc: np.ndarray, sorted_incorrect: np.ndarray) -> float:
-    """calib_auc from confidences sorted in descending order and the matching flags."""
-    value = _ranking.mann_whitney_auc(1.0 - sorted_conf_desc, sorted_incorrect)
+def calib_auc_sorted(order: ConfidenceOrder) -> float:
+    """calib_auc from the groups of equal score 1 - conf in ascending order, with their counts of
+    examples and of incorrect (positive) ones: the Mann-Whitney statistic
+    2U = sum_g P_g (2 Q_<g + Q_g) over groups (P positives, Q negatives; ties count 1/2), exact in
+    int64, then AUC = 2U / (2 P Q) (the same number as the rank-sum form)."""
+    counts, positives = order.score_groups()
+    value = _ranking.auc_from_groups(positives, counts - positives)
     if np.isnan(value):
         return C.undefined("calib_auc", "all predictions are correct, or all are incorrect")
     return value
@@ -258,14 +224,13 @@ def calib_auc_sorted(sorted_conf_desc: np.ndarray, sorted_incorrect: np.ndarray)
 
 @declares("calib_auc", direction="higher", category="uncertainty", paper="identity",
           description="ROC AUC of 1 - confidence against 'prediction incorrect'")
-def calib_auc(labels, probs) -> float:
+def calib_auc(labels, probs=None) -> float:
     """ROC AUC of "prediction incorrect" (positive) scored by 1 - confidence (spec §5).
 
     Ties in the score count 1/2 (Mann-Whitney statistic, as scikit-learn's roc_auc_score).
     NaN with an `UndefinedMetricWarning` when every prediction is correct or every one is
-    wrong.
+    wrong. Reads the confidence order (one sort, shared with AURC; O(N) per bootstrap resample).
     """
-    y, p = C.check_labels_probs(labels, probs)
-    conf, pred = top_label(p)
-    order = np.argsort(-conf, kind="stable")
-    return calib_auc_sorted(conf[order], (pred != y)[order])
+    stats = _labelled(labels, probs, "calib_auc")
+    return calib_auc_sorted(stats.sorted_by_confidence)
+

@@ -4,7 +4,8 @@ Sign convention, one for every scorer: a HIGHER score means MORE likely OOD. In 
 metrics, OOD examples are the positive class (label 1), in-distribution examples 0.
 
 Scorers: `msp_score` = 1 - max p; `entropy_score` = -sum p log p (natural log, 0 log 0 = 0);
-`mlogit_score` = -max logit; `MahalanobisScorer` -> `maha`, `rmaha`.
+`mlogit_score` = -max logit; `MahalanobisScorer` -> `maha`, `rmaha`. `msp_score` and
+`entropy_score` take probabilities (N, K) or an `ExampleStats` (they read its `conf` / `entropy`).
 
 Metrics, all from one sort of the scores, ties never split by a threshold:
 - `auroc`: Mann-Whitney AUC, ties count 1/2 (= scikit-learn roc_auc_score);
@@ -15,6 +16,8 @@ Metrics, all from one sort of the scores, ties never split by a threshold:
   threshold where TPR >= 0.95 (= fpr[argmax(tpr >= 0.95)] of scikit-learn's
   roc_curve(drop_intermediate=False)).
 With no OOD or no in-distribution example these are NaN with an `UndefinedMetricWarning`.
+Each takes `(is_ood, score)` or one `DetectionScores` (one scorer's in-distribution and OOD scores,
+sorted once; its `resample` is O(N + M), so bootstrap intervals need no new sort).
 """
 
 from __future__ import annotations
@@ -25,33 +28,39 @@ from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics import _ranking
 from plexbench.metrics.vocabulary import declares
+from plexbench.metrics.stats import ExampleStats, Source, all_finite, row_chunks
 
 
 # ----------------------------------------------------------------------------- scorers
 def msp_score(probs) -> np.ndarray:
-    """1 - max_k p[i, k], float64 (N,). `probs` (N, K)."""
-    p = C.check_probs(probs)
-    return 1.0 - p.max(axis=1)
+    """1 - max_k p[i, k], float64 (N,). `probs` (N, K) or an ExampleStats (1 - conf)."""
+    stats = probs if isinstance(probs, ExampleStats) else ExampleStats.from_probs(probs, want=("conf",))
+    return 1.0 - stats.conf
 
 
 def entropy_score(probs) -> np.ndarray:
-    """Predictive entropy -sum_k p log p (nats, 0 log 0 = 0), float64 (N,). `probs` (N, K)."""
-    return entropy_from_probs(C.check_probs(probs))
-
-
-def entropy_from_probs(p: np.ndarray) -> np.ndarray:
-    """Entropy of validated probabilities, in row chunks."""
-    out = np.empty(p.shape[0], dtype=np.float64)
-    for rows in C.row_chunks(*p.shape):
-        chunk = p[rows]
-        out[rows] = -(chunk * np.log(np.where(chunk > 0, chunk, 1.0))).sum(axis=1)
-    return out
+    """Predictive entropy -sum_k p log p (nats, 0 log 0 = 0), float64 (N,). `probs` (N, K) or an
+    ExampleStats (its `entropy`)."""
+    stats = probs if isinstance(probs, ExampleStats) else ExampleStats.from_probs(probs, want=("entropy",))
+    return stats.entropy
 
 
 def mlogit_score(logits) -> np.ndarray:
-    """-max_k logit, float64 (N,). `logits` (N, K), or (E, N, K): mean over members of -max_k."""
-    arr = C.check_finite(logits, "logits", (2, 3))
-    return -(arr.max(axis=-1) if arr.ndim == 2 else arr.max(axis=-1).mean(axis=0))
+    """-max_k logit, float64 (N,). `logits` (N, K), or (E, N, K): mean over members of -max_k.
+
+    The max is taken in the input's dtype (exact), then converted to float64; row chunks.
+    """
+    arr = np.asarray(logits)
+    if arr.dtype == object or arr.dtype.kind not in "iuf" or arr.dtype.kind == "b":
+        raise PlexbenchError(f"logits must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise PlexbenchError(f"logits must have 2 or 3 dimensions, got shape {arr.shape}")
+    C._check_nonempty(arr if arr.ndim == 2 else arr[0], "logits")
+    source = Source("member_logits" if arr.ndim == 3 else "logits", arr, "logits")
+    out = np.empty(source.num_examples)
+    for rows in row_chunks(source.num_examples, source.num_classes * source.num_members):
+        out[rows] = source.mlogit(rows)
+    return out
 
 
 # ----------------------------------------------------------------------------- Mahalanobis
@@ -76,16 +85,22 @@ class _MemberFit:
         n, d = x.shape
         counts = np.bincount(y_index).astype(np.float64)
         self.classes = classes
-        self.mean_all = x.sum(axis=0) / n
         sums = np.zeros((classes.shape[0], d))
-        np.add.at(sums, y_index, x)
+        total = np.zeros((1, d))
+        for rows in C.row_chunks(n, d):  # float64 sums, one chunk of float64 at a time
+            chunk = x[rows].astype(np.float64, copy=False)
+            np.add.at(sums, y_index[rows], chunk)
+            # running total row by row, the order of x.sum(axis=0) on the whole float64 array
+            total = np.concatenate([total, chunk]).sum(axis=0, keepdims=True)
+        self.mean_all = total[0] / n
         means = sums / counts[:, None]
         within = np.zeros((d, d))
         background = np.zeros((d, d))
         for rows in C.row_chunks(n, d):
-            r = x[rows] - means[y_index[rows]]  # centred per class: no X^T X - n mu mu^T cancellation
+            chunk = x[rows].astype(np.float64, copy=False)
+            r = chunk - means[y_index[rows]]  # centred per class: no X^T X - n mu mu^T cancellation
             within += r.T @ r
-            r0 = x[rows] - self.mean_all
+            r0 = chunk - self.mean_all
             background += r0.T @ r0
         self.w = _whitener(within / n)
         self.w0 = _whitener(background / n)
@@ -95,38 +110,43 @@ class _MemberFit:
         self.zmeans_sq = np.einsum("cd,cd->c", self.zmeans, self.zmeans)
 
     def distances(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(min_k d_k, d_background) per row, float64."""
-        n, d = x.shape
-        dmin = np.empty(n)
-        dbg = np.empty(n)
-        for rows in C.row_chunks(n, max(d, self.zmeans.shape[0])):
-            centred = x[rows] - self.mean_all
-            z = centred @ self.w
-            d_all = np.einsum("nd,nd->n", z, z)[:, None] - 2.0 * (z @ self.zmeans.T) + self.zmeans_sq
-            dmin[rows] = np.maximum(d_all.min(axis=1), 0.0)  # rounding can go a hair below 0
-            z0 = centred @ self.w0
-            dbg[rows] = np.einsum("nd,nd->n", z0, z0)
-        return dmin, dbg
+        """(d (r, C) squared distances to the class means, d_background (r,)), float64, of rows x."""
+        centred = x.astype(np.float64, copy=False) - self.mean_all
+        z = centred @ self.w
+        d_all = np.einsum("nd,nd->n", z, z)[:, None] - 2.0 * (z @ self.zmeans.T) + self.zmeans_sq
+        z0 = centred @ self.w0
+        return d_all, np.einsum("nd,nd->n", z0, z0)
 
 
 def _as_members(embeddings, name: str) -> np.ndarray:
-    arr = C.check_finite(embeddings, name, (2, 3))
-    return arr[None] if arr.ndim == 2 else arr
+    """(E, N, D) view of finite real embeddings (N, D) or (E, N, D), in their own dtype."""
+    arr = np.asarray(embeddings)
+    if arr.dtype == object or arr.dtype.kind not in "iuf" or arr.dtype.kind == "b":
+        raise PlexbenchError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise PlexbenchError(f"{name} must have 2 or 3 dimensions, got shape {arr.shape}")
+    arr = arr[None] if arr.ndim == 2 else arr
+    C._check_nonempty(arr[0], name)
+    if not all_finite(arr.reshape(-1, arr.shape[-1])):
+        raise PlexbenchError(f"{name} contains NaN or inf")
+    return arr
 
 
 class MahalanobisScorer:
-    """Mahalanobis and relative Mahalanobis OOD scores (Lee et al. 2018; Ren et al. 2021).
+    """Mahalanobis and relative Mahalanobis OOD scores (Lee et al. 2018; Ren et al. 2021; spec §5).
 
     fit(embeddings, labels): embeddings (N, D) or (E, N, D) of the training split, labels
     int (N,). Per member: class means mu_k over the classes present in `labels`, one shared
     covariance S = sum_k sum_{i: y_i = k} (x_i - mu_k)(x_i - mu_k)^T / N (no shrinkage), and
     a background Gaussian (mean and covariance / N of all training embeddings).
 
-    score(embeddings) -> {"maha": (N,), "rmaha": (N,)} float64, higher = more OOD:
-    maha = min_k d_k(x), rmaha = min_k (d_k(x) - d_0(x)) = min_k d_k - d_0, where
-    d = (x - mu)^T pinv(S) (x - mu) (pseudo-inverse via eigh, see `_whitener`). For
-    ensembles each member is fitted on its own embeddings and the scores are averaged over
-    members; the embeddings scored must have the same E and D as those fitted.
+    score(embeddings) -> {"maha": (N,), "rmaha": (N,)} float64, higher = more OOD, with
+    d_mk = (x_m - mu_mk)^T pinv(S_m) (x_m - mu_mk) (pseudo-inverse via eigh, see `_whitener`)
+    and d_m0 the background distance of member m:
+    maha = min_k mean_m d_mk (the class distances averaged over members FIRST, then the min over
+    classes, as the Plex reference does), rmaha = mean_m (min_k d_mk - d_m0) (per member, then
+    the mean). For one member both are the plain min_k d_k and min_k d_k - d_0. The embeddings
+    scored must have the same E and D as those fitted. Arithmetic in float64, in row chunks.
     """
 
     def __init__(self):
@@ -156,13 +176,19 @@ class MahalanobisScorer:
                 f"embeddings have {x.shape[0]} member(s) of dimension {x.shape[2]}, "
                 f"but the scorer was fitted on {e} of dimension {self.dim}"
             )
-        maha = np.zeros(x.shape[1])
-        rmaha = np.zeros(x.shape[1])
-        for fit, member in zip(self._members, x):
-            dmin, dbg = fit.distances(member)
-            maha += dmin
-            rmaha += dmin - dbg
-        return {"maha": maha / e, "rmaha": rmaha / e}
+        n = x.shape[1]
+        maha, rmaha = np.empty(n), np.empty(n)
+        width = max(self.dim, self._members[0].zmeans.shape[0])
+        for rows in C.row_chunks(n, width):
+            d_sum = 0.0
+            r_sum = np.zeros(rows.stop - rows.start)
+            for fit, member in zip(self._members, x):
+                d_all, d_bg = fit.distances(member[rows])
+                d_sum = d_sum + d_all
+                r_sum += np.maximum(d_all.min(axis=1), 0.0) - d_bg  # rounding can go a hair below 0
+            maha[rows] = np.maximum((d_sum / e).min(axis=1), 0.0)
+            rmaha[rows] = r_sum / e
+        return {"maha": maha, "rmaha": rmaha}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -181,6 +207,72 @@ def _check_binary(is_ood, score) -> tuple[np.ndarray, np.ndarray]:
     return flags, s
 
 
+class DetectionScores:
+    """One scorer's in-distribution scores (N,) and OOD scores (M,), sorted together when needed.
+
+    `metrics()` -> {"auroc", "auprc", "fpr95"} (NaN with a warning when a side is empty), from one
+    stable ascending sort of the N + M scores; the sorted arrays are not kept afterwards unless the
+    scores are being resampled. `resample((in, out))` -> the DetectionScores of rows `in` of the
+    in-distribution side and rows `out` of the OOD side (the two strata are resampled separately):
+    each example repeated as often as drawn, in sorted order, so no new sort (tied scores never
+    split a threshold, so their order does not matter). `strata`: ((N, 0), (M, stream)): the
+    bootstrap draws in-distribution rows from the task seed and OOD rows from stream `stream` of it
+    (plexbench.metrics.bootstrap).
+    """
+
+    def __init__(self, score_in, score_out, *, stream: int = 1, _sorted=None):
+        self.stream = stream
+        self._metrics: dict | None = None
+        self._keep = False
+        if _sorted is None:
+            self._in = C.check_finite(score_in, "in-distribution scores", 1)
+            self._out = C.check_finite(score_out, "OOD scores", 1)
+            self.num_in, self.num_out = self._in.shape[0], self._out.shape[0]
+            self._sorted_arrays = None
+        else:
+            scores, is_ood, self.num_in, self.num_out = _sorted
+            self._sorted_arrays = (None, scores, is_ood)
+
+    @property
+    def strata(self) -> tuple[tuple[int, int], ...]:
+        return ((self.num_in, 0), (self.num_out, self.stream))
+
+    def _sorted(self) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(order, scores ascending, is_ood in that order); order is None for a resample, and
+        not kept unless resampling (memory: each array here has N + M entries)."""
+        if self._sorted_arrays is None:
+            scores = np.concatenate([self._in, self._out])
+            order = np.argsort(scores, kind="stable")
+            is_ood = order >= self.num_in
+            if not self._keep:
+                order = None
+            scores.sort()  # in place: the same values as scores[order]
+            self._sorted_arrays = (order, scores, is_ood)
+        return self._sorted_arrays
+
+    def resample(self, draws) -> "DetectionScores":
+        if not self._keep:
+            self._keep, self._sorted_arrays = True, None  # a bootstrap resamples often: keep the order
+        order, scores, is_ood = self._sorted()
+        idx_in, idx_out = draws
+        counts = np.concatenate([np.bincount(idx_in, minlength=self.num_in),
+                                 np.bincount(idx_out, minlength=self.num_out)])[order]
+        view = (np.repeat(scores, counts), np.repeat(is_ood, counts), idx_in.shape[0], idx_out.shape[0])
+        return DetectionScores(None, None, stream=self.stream, _sorted=view)
+
+    def metrics(self) -> dict[str, float]:
+        if self._metrics is None:
+            if self.num_in == 0 or self.num_out == 0:
+                nan = C.undefined("ood metrics", "needs both OOD and in-distribution examples")
+                self._metrics = {"auroc": nan, "auprc": nan, "fpr95": nan}
+            else:
+                _, scores, is_ood = self._sorted()
+                self._metrics = ood_metrics_sorted(scores, is_ood)
+            if not self._keep and self.__dict__.get("_in") is not None:
+                self._sorted_arrays = None  # memory: the point values are known, a resample sorts again
+        return self._metrics
+
+
 def _sorted(is_ood, score):
     flags, s = _check_binary(is_ood, score)
     order = np.argsort(s, kind="stable")
@@ -193,14 +285,24 @@ def _points(sorted_scores, sorted_pos, metric):
     return _ranking.descending_operating_points(sorted_scores, sorted_pos), None
 
 
+def _from_detection(is_ood, score, metric: str):
+    if isinstance(is_ood, DetectionScores):
+        if score is not None:
+            raise PlexbenchError(f"{metric}: pass either DetectionScores or (is_ood, score), not both")
+        return is_ood.metrics()[metric]
+    return None
+
+
 @declares("auroc", direction="higher", category="uncertainty", paper="identity",
           description="ROC AUC with OOD as the positive class")
-def auroc(is_ood, score) -> float:
+def auroc(is_ood, score=None) -> float:
     """ROC AUC with OOD as positive: P(s_ood > s_in) + 1/2 P(s_ood = s_in).
 
     >>> auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
     0.75
     """
+    if isinstance(is_ood, DetectionScores):
+        return _from_detection(is_ood, score, "auroc")
     s, pos = _sorted(is_ood, score)
     value = _ranking.mann_whitney_auc(s, pos)
     return C.undefined("auroc", "needs both OOD and in-distribution examples") if np.isnan(value) else value
@@ -208,16 +310,20 @@ def auroc(is_ood, score) -> float:
 
 @declares("auprc", direction="higher", category="uncertainty",
           description="average precision with OOD as the positive class")
-def auprc(is_ood, score) -> float:
+def auprc(is_ood, score=None) -> float:
     """Average precision with OOD as positive (scikit-learn's definition, no interpolation)."""
+    if isinstance(is_ood, DetectionScores):
+        return _from_detection(is_ood, score, "auprc")
     points, nan = _points(*_sorted(is_ood, score), "auprc")
     return nan if points is None else _ranking.average_precision(points[0], points[1])
 
 
 @declares("fpr95", "fpr_at_95_tpr", direction="lower", category="uncertainty", plexbench="one_minus",
           description="false-positive rate at the first threshold with true-positive rate >= 0.95")
-def fpr_at_95_tpr(is_ood, score) -> float:
+def fpr_at_95_tpr(is_ood, score=None) -> float:
     """FPR at the first threshold (from high to low) where TPR >= 0.95; see the module doc."""
+    if isinstance(is_ood, DetectionScores):
+        return _from_detection(is_ood, score, "fpr95")
     points, nan = _points(*_sorted(is_ood, score), "fpr95")
     return nan if points is None else _ranking.fpr_at_tpr(points[0], points[1], 0.95)
 
@@ -226,22 +332,27 @@ def ood_metrics(score_in, score_out) -> dict[str, float]:
     """{"auroc", "auprc", "fpr95"} for in-distribution scores (N,) vs OOD scores (M,), one sort."""
     s_in = C.check_finite(score_in, "in-distribution scores", 1)
     s_out = C.check_finite(score_out, "OOD scores", 1)
-    return ood_metrics_from(s_in, s_out)
-
-
-def ood_metrics_from(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, float]:
-    """ood_metrics on validated, non-empty float64 arrays."""
-    scores = np.concatenate([s_in, s_out])
-    pos = np.concatenate([np.zeros(s_in.shape[0], bool), np.ones(s_out.shape[0], bool)])
-    order = np.argsort(scores, kind="stable")
-    return ood_metrics_sorted(scores[order], pos[order])
+    return dict(DetectionScores(s_in, s_out).metrics())
 
 
 def ood_metrics_sorted(sorted_scores: np.ndarray, sorted_pos: np.ndarray) -> dict[str, float]:
-    """ood_metrics from scores sorted ascending and the matching OOD flags (both classes present)."""
-    tps, fps, _ = _ranking.descending_operating_points(sorted_scores, sorted_pos)
-    return {
-        "auroc": _ranking.mann_whitney_auc(sorted_scores, sorted_pos),
-        "auprc": _ranking.average_precision(tps, fps),
-        "fpr95": _ranking.fpr_at_tpr(tps, fps, 0.95),
-    }
+    """ood_metrics from scores sorted ascending and the matching OOD flags (both classes present),
+    through the counts of OOD and in-distribution examples per run of tied scores (few arrays of
+    the number of distinct scores; the same numbers as the rank-sum and operating-point forms)."""
+    pos, neg = _ranking.group_counts(sorted_scores, sorted_pos)
+    auroc = _ranking.auc_from_groups(pos, neg)
+    tps, fps = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])  # thresholds from high to low
+    del pos, neg
+    return {"auroc": auroc, "auprc": _ranking.average_precision(tps, fps), "fpr95": _ranking.fpr_at_tpr(tps, fps, 0.95)}
+
+
+class DetectionSet(dict):
+    """{scorer: DetectionScores} of one in-distribution set against one OOD set (equal N and M):
+    resampled together, so every scorer sees the same bootstrap draws."""
+
+    @property
+    def strata(self) -> tuple[tuple[int, int], ...]:
+        return next(iter(self.values())).strata
+
+    def resample(self, draws) -> "DetectionSet":
+        return DetectionSet({name: scores.resample(draws) for name, scores in self.items()})

@@ -23,6 +23,7 @@ from plexbench import fileio
 from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics.ensemble import ensemble_from_logits, log_mean_exp, log_softmax
+from plexbench.metrics.stats import ExampleStats, Source, all_finite
 
 FORMAT_VERSION = 1
 PREDICTION_KEYS = ("probs", "logits", "member_logits", "member_probs")
@@ -111,6 +112,22 @@ class Predictions:
         """Per-member probabilities (E, N, K) float64, or None."""
         return None if self.member_log_probs is None else np.exp(self.member_log_probs)
 
+    @cached_property
+    def stats(self) -> ExampleStats:
+        """Per-example statistics (plexbench.metrics.stats.ExampleStats) of these predictions, read
+        from the form they were given in (probabilities, logits, member outputs or log-probs)."""
+        if self.logits is not None:
+            source = Source("logits", self.logits[0]) if self.logits.shape[0] == 1 else Source(
+                "member_logits", self.logits)
+        elif self.member_log_probs is not None and "member_probs" in self.__dict__:
+            source = Source("member_probs", self.member_probs)
+        elif self.member_log_probs is None and "probs" in self.__dict__:
+            source = Source("probs", self.probs)
+        else:
+            source = Source("log_probs", self.log_probs)
+        hard = None if self.soft_labels is not None else self.labels
+        return ExampleStats.build(source, labels=hard, soft_labels=self.soft_labels)
+
     @property
     def num_examples(self) -> int:
         return self.log_probs.shape[0]
@@ -181,23 +198,11 @@ class Predictions:
     @classmethod
     def from_arrays(cls, arrays: dict, *, require_labels: bool = True) -> "Predictions":
         """From the arrays of a format-v1 file (see module docstring)."""
-        unknown = sorted(set(arrays) - set(ALL_KEYS))
-        if unknown:
-            raise PlexbenchError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(ALL_KEYS)}")
-        _check_version(arrays.get("format_version"))
-        given = [key for key in PREDICTION_KEYS if key in arrays]
-        if len(given) != 1:
-            found = ", ".join(given) if given else "none"
-            raise PlexbenchError(f"need exactly one of {', '.join(PREDICTION_KEYS)} (found: {found})")
-        targets = [key for key in TARGET_KEYS if key in arrays]
-        if len(targets) > 1:
-            raise PlexbenchError("give either labels or soft_labels, not both")
-        if require_labels and not targets:
-            raise PlexbenchError("no labels: need 'labels' (N,) or 'soft_labels' (N, K)")
-        extra = {key: arrays[key] for key in TARGET_KEYS + ("embeddings", "ids") if key in arrays}
+        key = check_keys(arrays, require_labels)
+        extra = {k: arrays[k] for k in TARGET_KEYS + ("embeddings", "ids") if k in arrays}
         build = {"probs": cls.from_probs, "logits": cls.from_logits,
-                 "member_logits": cls.from_member_logits, "member_probs": cls.from_member_probs}[given[0]]
-        return build(arrays[given[0]], **extra)
+                 "member_logits": cls.from_member_logits, "member_probs": cls.from_member_probs}[key]
+        return build(arrays[key], **extra)
 
     def to_file_arrays(self) -> dict[str, np.ndarray]:
         """The arrays of a format-v1 file holding these predictions (logits when known)."""
@@ -222,6 +227,83 @@ class Predictions:
         return out
 
 
+def check_keys(arrays: dict, require_labels: bool = True) -> str:
+    """Check the keys of format-v1 arrays (module docstring); returns the prediction key."""
+    unknown = sorted(set(arrays) - set(ALL_KEYS))
+    if unknown:
+        raise PlexbenchError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(ALL_KEYS)}")
+    _check_version(arrays.get("format_version"))
+    given = [key for key in PREDICTION_KEYS if key in arrays]
+    if len(given) != 1:
+        found = ", ".join(given) if given else "none"
+        raise PlexbenchError(f"need exactly one of {', '.join(PREDICTION_KEYS)} (found: {found})")
+    targets = [key for key in TARGET_KEYS if key in arrays]
+    if len(targets) > 1:
+        raise PlexbenchError("give either labels or soft_labels, not both")
+    if require_labels and not targets:
+        raise PlexbenchError("no labels: need 'labels' (N,) or 'soft_labels' (N, K)")
+    return given[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionStats:
+    """A format-v1 prediction set reduced to its per-example statistics (what `plexbench score`
+    keeps): `stats` (ExampleStats, without the (N, K) arrays), `embeddings` (E, N, D) or None,
+    `ids` int64 (N,) or None, `has_logits` (the file held logits, so `stats.mlogit` exists)."""
+
+    stats: ExampleStats
+    embeddings: np.ndarray | None
+    ids: np.ndarray | None
+    has_logits: bool
+
+    @property
+    def num_examples(self) -> int:
+        return self.stats.num_examples
+
+    @property
+    def num_classes(self) -> int:
+        return self.stats.num_classes
+
+
+_SOURCE_OF_KEY = {"probs": "probs", "logits": "logits", "member_logits": "member_logits",
+                  "member_probs": "member_probs"}
+
+
+def prediction_stats(arrays: dict, *, require_labels: bool = True, want=None) -> PredictionStats:
+    """Validate format-v1 arrays and reduce them in one pass to an ExampleStats (`want`: the
+    statistics, default CORE), without float64 copies of the (N, K) arrays: the memory path of
+    `plexbench score`. The same checks and the same numbers as `Predictions.from_arrays(...).stats`.
+    """
+    key = check_keys(arrays, require_labels)
+    pred = np.asarray(arrays[key])
+    if key == "logits" and pred.ndim != 2:
+        raise PlexbenchError(f"logits must have shape (N, K), got {pred.shape}")
+    source = Source(_SOURCE_OF_KEY[key], pred, key)
+    n = source.num_examples
+    soft = arrays.get("soft_labels")
+    labels = arrays.get("labels")
+    if labels is not None:
+        labels = C.check_labels(labels, source.num_classes)
+        _same_rows(labels, n, "labels")
+    stats = ExampleStats.build(source, labels=labels, soft_labels=soft, want=want, keep_source=False)
+    embeddings = _check_embeddings(arrays["embeddings"], n) if "embeddings" in arrays else None
+    ids = None
+    if "ids" in arrays:
+        ids = C.check_labels(arrays["ids"], name="ids")
+        _same_rows(ids, n, "ids")
+    return PredictionStats(stats, embeddings, ids, key in ("logits", "member_logits"))
+
+
+def load_prediction_stats(path: str | os.PathLike, *, require_labels: bool = True, want=None) -> PredictionStats:
+    """Read a format-v1 prediction file into `PredictionStats` (see `prediction_stats`); errors are
+    one line naming the file. The file's (N, K) arrays are released before this returns."""
+    arrays = fileio.load_npz(path, what="prediction file")
+    try:
+        return prediction_stats(arrays, require_labels=require_labels, want=want)
+    except PlexbenchError as e:
+        raise PlexbenchError(f"{path}: {e}") from None
+
+
 def _same_rows(arr: np.ndarray, n: int, name: str) -> None:
     if arr.shape[0] != n:
         raise PlexbenchError(f"{name} has {arr.shape[0]} examples but the predictions have {n}")
@@ -243,7 +325,7 @@ def _check_embeddings(embeddings, n: int) -> np.ndarray:
     arr = arr[None] if arr.ndim == 2 else arr
     if arr.shape[1] != n or 0 in arr.shape:
         raise PlexbenchError(f"embeddings have shape {arr.shape} but the predictions have {n} examples")
-    if not np.all(np.isfinite(arr)):
+    if not all_finite(arr.reshape(-1, arr.shape[-1])):
         raise PlexbenchError("embeddings contain NaN or inf")
     return arr
 

@@ -20,8 +20,8 @@ import math
 import numpy as np
 
 from plexbench.metrics import _checks as C
-from plexbench.metrics.classification import top_label
 from plexbench.metrics.vocabulary import declares
+from plexbench.metrics.stats import ConfidenceOrder, stats_of
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -34,25 +34,30 @@ def num_referred(n: int, fraction: float) -> int:
     return int(math.floor(round(n * fraction, 9)))
 
 
-def oc_acc_from(conf: np.ndarray, correct: np.ndarray, fraction: float) -> float:
-    """Oracle-collaborative accuracy from confidences and correctness flags (validated).
+def oc_acc_sorted(order: ConfidenceOrder, fraction: float) -> float:
+    """Oracle-collaborative accuracy from the descending confidence order, O(log N).
 
-    The k = num_referred(N, fraction) least confident examples count as correct. Selection
-    without sorting: t = the k-th smallest confidence; every example with conf < t is
-    referred, and of those with conf == t the first (k - #{conf < t}) in example order,
-    which is exactly the first k of a stable ascending sort.
+    The k = num_referred(N, fraction) least confident examples count as correct. With t the k-th
+    smallest confidence, every example with conf < t is referred, and of those with conf == t
+    the first (k - #{conf < t}) in the order's tie order (example order; draw order for a
+    bootstrap resample), which is exactly the first k of a stable ascending sort. The counts of
+    correct examples come from the running error count, so no example is visited.
     """
-    n = conf.shape[0]
+    n = order.n
     k = num_referred(n, fraction)
-    total_correct = int(np.count_nonzero(correct))
+    errors = order.errors
+    total_correct = n - int(errors[n])
     if k == 0:
         return total_correct / n
     if k >= n:
         return 1.0
-    t = np.partition(conf, k - 1)[k - 1]
-    below = conf < t
-    tied = np.flatnonzero(conf == t)[: k - int(np.count_nonzero(below))]
-    referred_correct = int(np.count_nonzero(correct[below])) + int(np.count_nonzero(correct[tied]))
+    ties_start, below_start = order.tie_bounds(n - k)  # the run of confidence t = the k-th smallest
+    tied = k - (n - below_start)
+
+    def correct_in(a: int, b: int) -> int:
+        return (b - a) - int(errors[b] - errors[a])
+
+    referred_correct = correct_in(below_start, n) + correct_in(ties_start, ties_start + tied)
     return (k + total_correct - referred_correct) / n
 
 
@@ -78,22 +83,23 @@ def optimal_aurc(n: int, num_errors: int) -> float:
     return float(np.sum((k - (n - num_errors)) / k) / n)
 
 
-def _check(labels, probs):
-    y, p = C.check_labels_probs(labels, probs)
-    conf, pred = top_label(p)
-    return conf, pred == y
+def _order(labels, probs, what: str) -> ConfidenceOrder:
+    stats = stats_of(labels, probs, want=("conf", "correct"), what=what)
+    stats.require_labels(what)
+    return stats.sorted_by_confidence
 
 
 # ----------------------------------------------------------------------------- public metrics
 @declares("oc_acc@*", direction="higher", category="uncertainty",
           description="accuracy when the given fraction of least confident examples goes to an oracle")
-def oracle_collaborative_accuracy(labels, probs, *, fraction: float) -> float:
+def oracle_collaborative_accuracy(labels, probs=None, *, fraction: float) -> float:
     """Accuracy when the least confident `fraction` of examples is handed to an oracle.
 
     k = floor(N * fraction) examples with the lowest confidence are counted correct, the
     rest are scored as they are: (k + #correct among the others) / N. Ties in confidence:
     stable ascending order, so among equal confidences the examples that come FIRST in the
-    data are referred. fraction = 0 gives the accuracy, fraction = 1 gives 1.
+    data are referred. fraction = 0 gives the accuracy, fraction = 1 gives 1. Reads the
+    confidence order (shared with AURC and calib_auc; O(log N) once it exists).
 
     Works for any number of classes. (Plex's reference code computes this metric in a
     binary-only way that degenerates for K > 2; this is the definition, spec §5.)
@@ -102,27 +108,41 @@ def oracle_collaborative_accuracy(labels, probs, *, fraction: float) -> float:
     >>> oracle_collaborative_accuracy([0, 0, 1, 1], probs, fraction=0.25)  # k = 1: that row
     1.0
     """
-    conf, correct = _check(labels, probs)
-    return oc_acc_from(conf, correct, C.check_fraction(fraction))
+    fraction = C.check_fraction(fraction)
+    return oc_acc_sorted(_order(labels, probs, "oracle_collaborative_accuracy"), fraction)
 
 
-def risk_coverage_curve(labels, probs) -> dict[str, np.ndarray]:
+def risk_coverage_curve(labels, probs=None) -> dict[str, np.ndarray]:
     """Selective risk at each coverage k/N, k = 1..N, most confident examples accepted first.
 
     Returns float64 arrays (N,) `coverage` = k/N and `risk` = error rate among the k
     accepted examples (stable order on -confidence; ties in example order).
     """
-    conf, correct = _check(labels, probs)
-    n = conf.shape[0]
-    return {
-        "coverage": np.arange(1, n + 1) / n,
-        "risk": cumulative_risk(correct[sort_by_confidence(conf)]),
-    }
+    order = _order(labels, probs, "risk_coverage_curve")
+    n = order.n
+    return {"coverage": np.arange(1, n + 1) / n, "risk": risk_from(order)}
+
+
+def risk_from(order: ConfidenceOrder) -> np.ndarray:
+    """cumulative_risk of the descending confidence order, from its running error count."""
+    return order.errors[1:] / np.arange(1.0, order.n + 1.0)
+
+
+def aurc_sorted(order: ConfidenceOrder) -> float:
+    """AURC of the order (kept on it: E-AURC reads it too)."""
+    cache = order.__dict__.setdefault("_aurc", [])
+    if not cache:
+        cache.append(area(risk_from(order)))
+    return cache[0]
+
+
+def eaurc_sorted(order: ConfidenceOrder) -> float:
+    return aurc_sorted(order) - optimal_aurc(order.n, int(order.errors[order.n]))
 
 
 @declares("aurc", direction="lower", category="uncertainty", plexbench="one_minus",
           description="area under the risk-coverage curve")
-def aurc(labels, probs) -> float:
+def aurc(labels, probs=None) -> float:
     """Area under the risk-coverage curve: mean over k = 1..N of the risk at coverage k/N.
 
     Order: stable sort on -confidence (ties in example order). Geifman et al. 2019.
@@ -130,14 +150,11 @@ def aurc(labels, probs) -> float:
     >>> aurc([0, 1], [[0.9, 0.1], [0.8, 0.2]])  # risks 0/1, 1/2 -> mean 0.25
     0.25
     """
-    conf, correct = _check(labels, probs)
-    return area(cumulative_risk(correct[sort_by_confidence(conf)]))
+    return aurc_sorted(_order(labels, probs, "aurc"))
 
 
 @declares("eaurc", direction="lower", category="uncertainty", plexbench="one_minus",
           description="AURC minus the AURC of an oracle ranking")
-def eaurc(labels, probs) -> float:
+def eaurc(labels, probs=None) -> float:
     """Excess AURC: AURC - AURC of the ideal order (all correct examples first). >= 0."""
-    conf, correct = _check(labels, probs)
-    value = area(cumulative_risk(correct[sort_by_confidence(conf)]))
-    return value - optimal_aurc(conf.shape[0], int(np.count_nonzero(~correct)))
+    return eaurc_sorted(_order(labels, probs, "eaurc"))

@@ -9,23 +9,27 @@ import numpy as np
 
 from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
+from plexbench.metrics.stats import stats_of
 
 
-def group_accuracies(labels, probs, groups) -> np.ndarray:
+def group_accuracies(labels, probs=None, groups=None) -> np.ndarray:
     """Top-1 accuracy of each group, float64 (G,), groups in ascending order of their id.
 
+    `(labels, probs, groups)` or `(stats, groups=groups)` with an ExampleStats (reads `correct`).
     `groups` int (N,): any integer ids; only ids that occur are reported, so G = the number
     of distinct ids and the i-th value belongs to the i-th smallest id (np.unique order).
     """
-    y, p = C.check_labels_probs(labels, probs)
+    stats = stats_of(labels, probs, want=("correct",), what="group_accuracies")
+    stats.require_labels("group_accuracies")
     g = _check_groups(groups)
-    C.check_same_rows(y, g, "labels", "groups")
+    C.check_same_rows(stats.correct, g, "labels", "groups")
     _, index = np.unique(g, return_inverse=True)
-    correct = (np.argmax(p, axis=1) == y).astype(np.float64)
-    return np.bincount(index, weights=correct) / np.bincount(index)
+    return np.bincount(index, weights=stats.correct.astype(np.float64)) / np.bincount(index)
 
 
 def _check_groups(groups) -> np.ndarray:
+    if groups is None:
+        raise PlexbenchError("group_accuracies needs groups (N,)")
     arr = np.asarray(groups)
     if arr.dtype == object or arr.dtype.kind not in "iu":
         raise PlexbenchError(f"groups must be integers, got dtype {arr.dtype}")

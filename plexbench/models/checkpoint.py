@@ -82,7 +82,13 @@ def strip_training_state(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
 
 
 def as_float32(key: str, a: np.ndarray, path) -> np.ndarray:
-    """float32 copy of a parameter; void of itemsize 2 is bfloat16 stored by numpy (spec §2)."""
+    """float32 copy of a parameter; void of itemsize 2 is bfloat16 stored by numpy (spec §2).
+
+    The one integer leaf of a layout, an SNGP layer's update counter `<layer>_state/step`, is
+    returned as int32 instead (plexbench.models.sngp).
+    """
+    if key.endswith("_state/step") and a.dtype.kind in "iuf":
+        return np.asarray(a).astype(np.int32)
     if a.dtype.kind == "V" and a.dtype.itemsize == 2 and a.dtype.names is None:
         a = a.view(ml_dtypes.bfloat16)
     if a.dtype == ml_dtypes.bfloat16 or a.dtype.kind == "f":
@@ -251,14 +257,21 @@ def random_flat_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarr
     """Random float32 values for every key of `param_shapes(config)` (numpy only, any size).
 
     Kernels ~ N(0, 1/fan_in); BatchEnsemble fast weights = random sign * (1 + 0.1 N(0, 1));
-    LayerNorm scales = 1 + 0.1 N(0, 1); biases, cls, position embeddings ~ 0.1 N(0, 1).
+    LayerNorm scales = 1 + 0.1 N(0, 1); biases, cls, position embeddings ~ 0.1 N(0, 1);
+    SNGP precision matrices I + A A^T / R (A standard normal), SNGP steps a random int32.
     Non-trivial everywhere (no zeros), so a forward pass exercises every parameter.
     """
     rng = np.random.default_rng(seed)
     out = {}
     for key, shape in param_shapes(config).items():
         leaf = key.rsplit("/", 1)[-1]
-        if leaf == "kernel":
+        if leaf == "step":  # an SNGP layer's update counter
+            out[key] = np.asarray(rng.integers(1, 1000), np.int32)
+            continue
+        if leaf == "precision_matrix":  # symmetric positive definite: I + A A^T / R
+            a = rng.standard_normal(shape)
+            v = np.eye(shape[0]) + a @ a.T / shape[0]
+        elif leaf == "kernel":
             v = rng.standard_normal(shape) / math.sqrt(_fan_in(key, shape))
         elif leaf.startswith("fast_weight"):
             v = rng.choice([-1.0, 1.0], size=shape) * (1 + 0.1 * rng.standard_normal(shape))
@@ -292,14 +305,14 @@ def write_random_checkpoint(config: ModelConfig, path: str | os.PathLike, seed: 
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
     flat = random_flat_params(config, seed)
     if dtype == "bfloat16":
-        flat = {k: v.astype(ml_dtypes.bfloat16) for k, v in flat.items()}
+        flat = {k: (v if v.dtype.kind in "iu" else v.astype(ml_dtypes.bfloat16)) for k, v in flat.items()}
     extra = None
     if with_optimizer_state:
         extra = {f"{OPT_STATE}param_states/{k}/{m}": np.full(v.shape, 0.5, np.float32)
                  for k, v in flat.items() for m in ("grad_ema", "grad_sq_ema")}
         extra[f"{OPT_STATE}step"] = np.asarray(1000, np.int64)
     save_params(path, unflatten_params(flat), prefix=prefix, extra=extra)
-    return unflatten_params({k: np.asarray(v, np.float32) for k, v in flat.items()})
+    return unflatten_params({k: np.asarray(v, v.dtype if v.dtype.kind in "iu" else np.float32) for k, v in flat.items()})
 
 
 def init_params(config: ModelConfig, seed: int = 0) -> dict:
@@ -307,11 +320,18 @@ def init_params(config: ModelConfig, seed: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from plexbench.models.sngp import merge_state
     from plexbench.models.vit import build
 
     module = build(config, num_mc_samples=1)  # the head's shapes do not depend on S
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    init = jax.jit(lambda k: module.init(k, images, rng=jax.random.PRNGKey(0))["params"])
+    init = jax.jit(lambda k: merge_state(module.init(k, images, rng=jax.random.PRNGKey(0))))
     params = init(jax.random.PRNGKey(seed))
-    return unflatten_params({k: np.asarray(v, np.float32) for k, v in flatten_params(params).items()})
+    return unflatten_params({k: _host_array(v) for k, v in flatten_params(params).items()})
+
+
+def _host_array(v) -> np.ndarray:
+    """float32 numpy copy of a float leaf; integer leaves (an SNGP step) keep their int32."""
+    v = np.asarray(v)
+    return v.astype(np.int32) if v.dtype.kind in "iu" else v.astype(np.float32)
 

@@ -10,6 +10,13 @@ Head kinds (field `head`):
 - ``"batchensemble"``: ``batchensemble_head`` BatchEnsemble dense with E members (upstream Plex).
 - ``"heteroscedastic"``: MC-softmax heteroscedastic head ``head/...`` built with ensemble size 1
   and shared by all members (fine-tuned Plex).
+- ``"sngp"``: the SNGP random-feature Gaussian-process layer of spec §12 (plexbench.models.sngp),
+  shared by all members: ``head/output_layer/{kernel (R, K), bias (K)}`` and its state
+  ``head_state/random_features/hidden_layer/{kernel (F, R), bias (R)}``,
+  ``head_state/laplace_covariance/covmat_layer/precision_matrix (R, R)``, ``head_state/step ()``
+  (R = gp_hidden_features). The logits are the mean-field logits with gp_mean_field_factor; the
+  forward pass also returns the GP variance. The released Plex ViTs have no such head (the spec
+  names none): the layout mirrors T5-Plex's ``gp_head`` / ``gp_head_state``.
 
 F is ``representation_size`` when set (a ``pre_logits`` layer followed by tanh: a BatchEnsemble
 dense when E > 1, a plain dense otherwise), else the hidden size D.
@@ -19,9 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
-HEADS = ("dense", "batchensemble", "heteroscedastic")
+HEADS = ("dense", "batchensemble", "heteroscedastic", "sngp")
+# Fields that only a `head: sngp` config shows in to_dict (older configs keep their identities).
+GP_FIELDS = ("gp_hidden_features", "gp_normalize_input", "gp_mean_field_factor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +45,11 @@ class ModelConfig:
     representation_size: optional pre_logits layer width. head: one of HEADS.
     Heteroscedastic head: num_factors R >= 0 (0 = diagonal only), temperature T > 0,
     num_mc_samples S >= 1, parameter_efficient (needs R >= 1).
+    SNGP head: gp_hidden_features R (random features, 1024 as in T5-Plex), gp_normalize_input,
+    gp_mean_field_factor lambda (1e-4 as in T5-Plex; < 0 = raw logits).
     """
+
+    architecture: ClassVar[str] = "vit"
 
     image_size: int
     patch_size: int
@@ -54,6 +67,9 @@ class ModelConfig:
     temperature: float = 1.0
     num_mc_samples: int = 1000
     parameter_efficient: bool = False
+    gp_hidden_features: int = 1024
+    gp_normalize_input: bool = True
+    gp_mean_field_factor: float = 1e-4
 
     def __post_init__(self):
         object.__setattr__(self, "be_layers", tuple(int(i) for i in self.be_layers))
@@ -91,6 +107,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["be_layers"] = list(self.be_layers)
+        if self.head != "sngp":
+            for name in GP_FIELDS:
+                del d[name]
         return d
 
     @classmethod
@@ -134,6 +153,8 @@ def _config_problems(c: ModelConfig) -> list[str]:
         p.append("temperature must be a positive number")
     if c.parameter_efficient and c.num_factors < 1:
         p.append("parameter_efficient needs num_factors >= 1")
+    if c.gp_hidden_features < 1:
+        p.append("gp_hidden_features must be >= 1")
     return p
 
 
@@ -189,6 +210,8 @@ def _head_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
         return _dense("head", F, K)
     if c.head == "batchensemble":
         return _be_dense("batchensemble_head", F, K, E)
+    if c.head == "sngp":
+        return gp_shapes("head", F, K, c.gp_hidden_features)
     out = {**_be_dense("head/loc_layer", F, K, 1), **_be_dense("head/diag_layer", F, K, 1)}
     if c.parameter_efficient:
         out.update(_be_dense("head/scale_layer_homoscedastic", R, K, 1))
@@ -198,8 +221,28 @@ def _head_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def gp_shapes(prefix: str, n_in: int, n_out: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """The SNGP layer at `prefix` with its state at `prefix`_state (spec §12; plexbench.models.sngp)."""
+    state = f"{prefix}_state"
+    return {
+        f"{prefix}/output_layer/kernel": (hidden, n_out),
+        f"{prefix}/output_layer/bias": (n_out,),
+        f"{state}/random_features/hidden_layer/kernel": (n_in, hidden),
+        f"{state}/random_features/hidden_layer/bias": (hidden,),
+        f"{state}/laplace_covariance/covmat_layer/precision_matrix": (hidden, hidden),
+        f"{state}/step": (),
+    }
+
+
 def param_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Flat official layout: '/'-joined parameter key -> shape, keys sorted (spec §2)."""
+    """Flat official layout: '/'-joined parameter key -> shape, keys sorted (spec §2).
+
+    A T5 config (plexbench.models.t5_config.T5Config) gives its T5X layout (spec §9).
+    """
+    if c.architecture == "t5":
+        from plexbench.models.t5_config import t5_param_shapes
+
+        return t5_param_shapes(c)
     D, P = c.hidden_size, c.patch_size
     out: dict[str, tuple[int, ...]] = {
         "embedding/kernel": (P, P, 3, D),

@@ -13,6 +13,16 @@ Names:
   (E = 1, plain representation layer for i21k, plain dense head).
 - zoo: `plex-mini`, `det-mini` (10 Fashion-MNIST classes), `plex-mini-fmnist6`,
   `det-mini-fmnist6` (classes 0-5 only; 6-9 held out for open-set recognition). See zoo.py.
+- T5-Plex (spec §9): `plex-t5-{small,large}-{mnli,nalue,toxicity}`, the six released T5X
+  checkpoints' configurations: T5.1.1 small (d 512, 6 heads of 64, MLP 1024, 8 + 8 layers) or
+  large (d 1024, 16 heads, MLP 2816, 24 + 24 layers), vocabulary 32128, BatchEnsemble E = 5 on
+  the last decoder layer's MLP, SNGP head over the vocabulary (1024 random features,
+  mean-field factor 1e-4), input length 512. MNLI and toxicity read target length 1 at
+  `<extra_id_0>` (32099, class 0) and `<extra_id_1>` (32098, class 1); NaLUE reads 3 positions
+  and its label tokens are not known to plexbench (empty: the layout is checked, it cannot run).
+  Pass the T5X directory as --checkpoint and the T5 vocabulary with --vocab.
+- language zoo: `t5-plex-mini`, `t5-det-mini`, tiny T5s trained on the embedded fortunes
+  (zoo_t5.py), shipped as T5X directories.
 Sizes (D, M, H, L): S/32 (384, 1536, 6, 12), B/32 (768, 3072, 12, 12), L/32 (1024, 4096, 16, 24).
 The large released checkpoints are not shipped: pass `--checkpoint PATH` to use one.
 
@@ -25,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plexbench.models.config import ModelConfig, param_count
+from plexbench.models.t5_config import T5Config
 from plexbench.registry import Registry
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo_weights"
@@ -47,15 +58,17 @@ PLEX_HET = dict(num_factors=15, temperature=1.25, num_mc_samples=1000)
 class ModelEntry:
     """A registered model.
 
-    name; config (architecture); preprocess (spec string for plexbench.data.preprocess.parse);
-    checkpoint: shipped weights (zoo) or None (released checkpoints: pass a path);
+    name; config (architecture: a ModelConfig, or a T5Config for T5 models); preprocess (spec
+    string for plexbench.data.preprocess.parse, or for T5 models a text spec for
+    plexbench.data.text.parse_text); checkpoint: shipped weights (zoo; a T5X directory for T5
+    models) or None (released checkpoints: pass a path);
     description; family ("plex" or "deterministic"); trained_on: dataset the weights were
     trained on, if known; classes: the dataset labels the model predicts, in logit order
     (None = all of the dataset's classes; otherwise logit j is dataset label classes[j]).
     """
 
     name: str
-    config: ModelConfig
+    config: ModelConfig | T5Config
     preprocess: str
     checkpoint: Path | None
     description: str
@@ -123,6 +136,48 @@ def _register_zoo() -> None:
                         recipe.family, recipe.dataset, recipe.classes))
 
 
+T5_SIZES = {  # d_model, heads, mlp_dim, layers (encoder = decoder); head_dim 64 (spec §9)
+    "small": (512, 6, 1024, 8),
+    "large": (1024, 16, 2816, 24),
+}
+T5_VOCAB_ROWS = 32128
+T5_EXTRA_ID_0, T5_EXTRA_ID_1 = 32099, 32098  # 32000 pieces + 100 sentinels counted down
+T5_TASKS = {  # task: (label tokens, target length, preprocessing, trained on, what)
+    "mnli": ((T5_EXTRA_ID_0, T5_EXTRA_ID_1), 1, "mnli_input|tokenize(t5,512)", "glue/mnli",
+             "MNLI (binary: <extra_id_1> entailment, <extra_id_0> not)"),
+    "toxicity": ((T5_EXTRA_ID_0, T5_EXTRA_ID_1), 1, "text_input|tokenize(t5,512)", "wikipedia_toxicity_subtypes",
+                 "Wikipedia toxicity (<extra_id_1> toxic iff toxicity >= 0.5)"),
+    "nalue": ((), 3, "text_input|tokenize(t5,512)", "nalue", "NaLUE (vertical, domain, intent; label tokens unknown)"),
+}
+T5_PLEX = dict(ensemble_size=5, head="sngp", gp_hidden_features=1024, gp_mean_field_factor=1e-4)
+
+
+def t5_config(size: str, task: str, **extra) -> T5Config:
+    """The T5-Plex config of a released checkpoint: `size` small/large, `task` mnli/toxicity/nalue."""
+    d, heads, mlp, layers = T5_SIZES[size]
+    tokens, target_length = T5_TASKS[task][:2]
+    return T5Config(vocab_size=T5_VOCAB_ROWS, d_model=d, num_heads=heads, head_dim=64, mlp_dim=mlp,
+                    num_encoder_layers=layers, num_decoder_layers=layers, label_tokens=tokens,
+                    target_length=target_length, input_length=512, **{**T5_PLEX, **extra})
+
+
+def _register_t5_family() -> None:
+    for size in T5_SIZES:
+        for task, (_, _, prep, trained_on, what) in T5_TASKS.items():
+            _add(ModelEntry(
+                f"plex-t5-{size}-{task}", t5_config(size, task), prep, None,
+                f"Plex T5.1.1-{size} fine-tuned on {what}, BE E=5 last decoder MLP + SNGP head "
+                f"(the released plex_t5_{size}_c4_to_* layout)", "plex", trained_on))
+
+
+def _register_t5_zoo() -> None:
+    from plexbench.models.zoo_t5 import PREPROCESS, T5_RECIPES
+
+    for name, recipe in T5_RECIPES.items():
+        _add(ModelEntry(name, recipe.config, PREPROCESS, ZOO_DIR / name, recipe.description, recipe.family,
+                        recipe.dataset))
+
+
 def get_model(name: str) -> ModelEntry:
     """The entry called `name`; PlexbenchError with close matches if unknown."""
     return MODELS.get(name)
@@ -136,7 +191,7 @@ def list_rows(args=None) -> list[dict]:
         rows.append({
             "name": name,
             "family": e.family,
-            "image": c.image_size,
+            "image": getattr(c, "image_size", "text"),
             "classes": c.num_classes,
             "members": c.ensemble_size,
             "head": c.head,
@@ -153,3 +208,5 @@ def _millions(n: int) -> str:
 
 _register_released_family()
 _register_zoo()
+_register_t5_family()
+_register_t5_zoo()

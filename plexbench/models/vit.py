@@ -12,8 +12,11 @@ Returned dict (all float32):
     pre_logits (E, B, F): the class-token output of encoder_norm, or, with a representation
         layer, that layer's output before the tanh (as the upstream BatchEnsemble code
         records it),
-    log_probs (B, K): ensemble log-probabilities, logsumexp_m(log_softmax(logits_m)) - log E.
-Deterministic models have E = 1.
+    log_probs (B, K): ensemble log-probabilities, logsumexp_m(log_softmax(logits_m)) - log E,
+    gp_variance (E, B): only with `head: sngp`, the GP predictive variance of each row (spec §12);
+        the logits are then the mean-field logits with config.gp_mean_field_factor.
+Deterministic models have E = 1. With `head: sngp` apply the module to
+`plexbench.models.sngp.split_state(tree)` (the parameters plus the `gp_state` collection).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from plexbench.errors import PlexbenchError
 from plexbench.models.config import ModelConfig
 from plexbench.models.heads import HeteroscedasticHead
 from plexbench.models.layers import BatchEnsembleDense, Dense, Dtype, EncoderBlock, LayerNorm
+from plexbench.models.sngp import RandomFeatureGaussianProcess, mean_field_logits
 
 
 class PatchEmbedding(nn.Module):
@@ -108,14 +112,23 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (batch, 1, 1)), x], axis=1)
         x = Encoder(c, self.dtype, name="Transformer")(x)[:, 0]  # (E*B, D)
         pre_logits, features = self._representation(x)
-        logits = self._head(features, rng, batch).astype(jnp.float32)
         e = c.ensemble_size
+        extra = {}
+        if c.head == "sngp":
+            gp = RandomFeatureGaussianProcess(c.num_classes, c.gp_hidden_features, c.gp_normalize_input,
+                                              dtype=self.dtype, name="head")
+            logits, variance = gp(features)
+            logits = mean_field_logits(logits, variance, c.gp_mean_field_factor)
+            extra["gp_variance"] = variance.reshape(e, batch)
+        else:
+            logits = self._head(features, rng, batch).astype(jnp.float32)
         logits = logits.reshape(e, batch, c.num_classes)
         log_probs = jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1), axis=0) - math.log(e)
         return {
             "logits": logits,
             "pre_logits": pre_logits.astype(jnp.float32).reshape(e, batch, -1),
             "log_probs": log_probs,
+            **extra,
         }
 
     def _representation(self, x):

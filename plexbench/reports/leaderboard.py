@@ -10,7 +10,9 @@ Files written from an output path `X.csv` (all atomically, via plexbench.fileio)
   paper's reference rows (`paper:<model>`, column `kind` = `reference`, no score). Columns:
   `model`, `kind`, `group`, `task_versions` (`task=version; ...` of the model's rows), the score
   block (`score_x100`, `score_ci_low_x100`, `score_ci_high_x100`, `best`, `mean_rank`, `n_columns`,
-  `n_missing`, `score_note` (why a score is missing or partial), and per category that has scored
+  `n_missing`, `interval_method` (`bootstrap` from the kept resamples, else `conservative`) and
+  `interval_fixed` (scored columns without resamples, held at their value), `score_note` (why a
+  score is missing or partial), and per category that has scored
   columns `<cat>_score_x100`, `<cat>_best`, `<cat>_mean_rank`), then one column per (metric,
   dataset) with the RAW metric value, headed `metric@dataset (higher|lower|n/a)`.
 - `X.long.csv`: the input `metrics_long.csv` files concatenated (+ `results_dir`).
@@ -85,7 +87,7 @@ def _score_block(group: ModelGroup, score: reliability_score.ScoreResult | None)
     s = score.summary.reindex(block.index)
     for key, name in (("score", "score_x100"), ("ci_low", "score_ci_low_x100"), ("ci_high", "score_ci_high_x100")):
         block[name] = s[key]
-    for key in ("best", "mean_rank", "n_columns", "n_missing"):
+    for key in ("best", "mean_rank", "n_columns", "n_missing", "interval_method", "interval_fixed"):
         block[key] = s[key]
     used = {c.category for c in score.columns}
     for cat in (c for c in reliability_score.categories_of(score.columns) if c in used):
@@ -172,12 +174,13 @@ def build_leaderboard(dirs: Sequence[str | Path], *, preset: str = "paper", base
 
         raise PlexbenchError(unknown_name_message("baseline model", baseline, results.models()))
     groups, errors = [], {}
+    replicates = results.replicates()
     for group in model_groups(results.long):
         long = results.long[results.long["model"].isin(group.models)]
         try:
             score = reliability_score.compute_score(
                 long, preset=preset, baseline=baseline if baseline in group.models else None,
-                num_classes=num_classes, include=include, exclude=exclude)
+                num_classes=num_classes, include=include, exclude=exclude, replicates=replicates)
         except PlexbenchError as e:
             if len(model_groups(results.long)) == 1:
                 raise

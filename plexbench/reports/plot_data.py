@@ -430,3 +430,76 @@ def score_vs_cost(results: Results, cost: str = "num_params", *, preset: str = "
     cost_arr, score_arr = np.asarray(costs), np.asarray(scores)
     return CostScore(models, cost_arr, score_arr, pareto_front(cost_arr, score_arr), cost, preset, skipped)
 
+
+
+# --------------------------------------------------------------------------- label noise
+
+
+@dataclass(frozen=True)
+class NoiseAccuracy:
+    """Clean test accuracy of one model's noisy-label adaptation against the fraction of wrong
+    training labels, for one noise type: `rate` = realised rates (mean over draws), 0 first for
+    the clean-label reference; `accuracy` the mean over draws, `low` / `high` their min and max."""
+
+    model: str
+    task: str
+    dataset: str
+    noise_type: str
+    rate: np.ndarray
+    accuracy: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def label_noise_accuracy(results: Results) -> list[NoiseAccuracy]:
+    """From `curves.label_noise` of robustness tasks: one series per (model, task, noise type)."""
+    out = []
+    for t in results.tasks:
+        curves = t.curves.get("label_noise") or {}
+        if curves.get("protocol") != "robustness":
+            continue
+        clean = float((curves.get("clean") or {}).get("accuracy", math.nan))
+        by_type: dict[str, list[tuple[float, list[float]]]] = {}
+        for s in curves.get("settings", []):
+            acc = [float(v) for v in s["metrics"].get("accuracy", [])]
+            if acc:
+                by_type.setdefault(s["type"], []).append((float(np.mean(s["realised_rate"])), acc))
+        for noise_type, points in by_type.items():
+            points = [(0.0, [clean])] + sorted(points, key=lambda p: p[0])
+            out.append(NoiseAccuracy(t.model, t.task, t.dataset, noise_type,
+                                     np.array([p[0] for p in points]), np.array([np.mean(p[1]) for p in points]),
+                                     np.array([np.min(p[1]) for p in points]), np.array([np.max(p[1]) for p in points])))
+    return out
+
+
+@dataclass(frozen=True)
+class NoiseDetection:
+    """Issue scores (1 - label quality, higher = more likely wrong) of one model, noise setting and
+    quality score, first draw: `wrong` on the wrong labels, `right` on the correct ones (sorted
+    subsamples); `auroc` of that draw on every example."""
+
+    model: str
+    task: str
+    dataset: str
+    setting: str
+    score: str
+    wrong: np.ndarray
+    right: np.ndarray
+    auroc: float = math.nan
+
+
+def label_noise_detection(results: Results) -> list[NoiseDetection]:
+    """From `curves.label_noise.roc` of detection tasks: one entry per (model, task, setting, score)."""
+    out = []
+    for t in results.tasks:
+        curves = t.curves.get("label_noise") or {}
+        if curves.get("protocol") != "detection":
+            continue
+        roc = curves.get("roc") or {}
+        order = [s["name"] for s in curves.get("settings", []) if s["name"] in roc]  # the task's order
+        for setting in order + [k for k in roc if k not in order]:
+            for score, s in roc[setting].items():
+                out.append(NoiseDetection(t.model, t.task, t.dataset, setting, score,
+                                          np.asarray(s["noisy"], np.float64), np.asarray(s["clean"], np.float64),
+                                          float(s.get("auroc", math.nan))))
+    return out

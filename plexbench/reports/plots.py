@@ -508,6 +508,72 @@ def _ood_hist_figures(results: Results):
         yield draw_ood_histograms(group), key
 
 
+# --------------------------------------------------------------------------- label noise
+
+_NOISE_TYPE_TITLES = {"symmetric": "symmetric (uniform over all classes)", "flip": "flip (uniform over the others)",
+                      "asymmetric": "asymmetric (confusable classes)", "real": "real (human labels)"}
+_SCORE_STYLES = {"self_confidence": "-", "normalized_margin": "--"}
+
+
+def draw_label_noise_accuracy(series: Sequence[plot_data.NoiseAccuracy]):
+    """Clean test accuracy against the realised fraction of wrong training labels: a panel per
+    noise type, a line per model (band: min to max over noise draws; rate 0 is the clean-label
+    reference)."""
+    series = list(series)
+    types = list(dict.fromkeys(s.noise_type for s in series))
+    models = list(dict.fromkeys(s.model for s in series))
+    with paper_style():
+        fig, axes = _panels(len(types), 2.4, 2.5, sharey=True)
+        for ax, noise_type in zip(axes, types):
+            for s in (s for s in series if s.noise_type == noise_type):
+                color = f"C{models.index(s.model) % 10}"
+                ax.plot(s.rate, s.accuracy, marker="o", markersize=3, color=color, label=s.model)
+                ax.fill_between(s.rate, s.low, s.high, color=color, alpha=0.15, lw=0)
+            ax.set(xlabel="wrong training labels (fraction)", title=_NOISE_TYPE_TITLES.get(noise_type, noise_type))
+            ax.margins(x=0.05)
+        for ax in axes[::_PANELS_PER_ROW]:
+            ax.set_ylabel("clean test accuracy (fraction)")
+        axes[0].legend(frameon=False, loc="lower left")
+        fig.suptitle(f"Trained on noisy labels: {series[0].dataset} ({series[0].task})")
+    return fig
+
+
+def draw_label_noise_roc(curves: Sequence[plot_data.NoiseDetection]):
+    """ROC curves of finding wrong labels (wrong = positive) by a label-quality score: a panel per
+    noise setting, colour per model, line style per score; legend AUROC of the drawn (first) draw."""
+    curves = list(curves)
+    settings = list(dict.fromkeys(c.setting for c in curves))
+    models = list(dict.fromkeys(c.model for c in curves))
+    with paper_style():
+        fig, axes = _panels(len(settings), 2.4, 2.6, sharey=True)
+        for ax, setting in zip(axes, settings):
+            for c in (c for c in curves if c.setting == setting):
+                fpr, tpr, auc = plot_data.roc_curve(c.right, c.wrong)
+                auc = auc if math.isnan(c.auroc) else c.auroc
+                ax.plot(fpr, tpr, color=f"C{models.index(c.model) % 10}", ls=_SCORE_STYLES.get(c.score, ":"),
+                        label=f"{c.model}, {c.score.replace('_', ' ')} ({auc:.3f})")
+            ax.plot([0, 1], [0, 1], ls=":", color="0.5", lw=0.8)
+            ax.set(xlim=(0, 1), ylim=(0, 1.01), title=setting.replace("_", " ") + "%" * setting[-1].isdigit(),
+                   xlabel="FPR (correct labels flagged)")
+            ax.legend(frameon=False, loc="lower right", fontsize=5)
+        for ax in axes[::_PANELS_PER_ROW]:
+            ax.set_ylabel("TPR (wrong labels flagged)")
+        fig.suptitle(f"Finding wrong labels: {curves[0].dataset} ({curves[0].task}; legend: AUROC)")
+    return fig
+
+
+@register_figure("label_noise_accuracy", "Label noise: clean accuracy against the noise rate")
+def _label_noise_accuracy_figures(results: Results):
+    for key, group in _grouped(plot_data.label_noise_accuracy(results), lambda s: (s.task, s.dataset)).items():
+        yield draw_label_noise_accuracy(group), key
+
+
+@register_figure("label_noise_roc", "Label noise: finding wrong labels (ROC)")
+def _label_noise_roc_figures(results: Results):
+    for key, group in _grouped(plot_data.label_noise_detection(results), lambda c: (c.task, c.dataset)).items():
+        yield draw_label_noise_roc(group), key
+
+
 @register_figure("active_learning", "Active learning: accuracy against labels")
 def _active_learning_figures(results: Results):
     for key, group in _grouped(plot_data.active_learning_curves(results), lambda c: (c.task, c.dataset)).items():

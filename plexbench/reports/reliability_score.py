@@ -47,21 +47,33 @@ Common rules:
 - ranks: per column among the models that have it, 1 = best (highest normalised value),
   ties get the average of the ranks they span (scipy's rankdata 'average'); "best" counts
   the columns where the model's value equals the column maximum, so tied models all count;
-- intervals: `metrics_long.csv` carries a per-column interval [ci_low, ci_high] but no
-  bootstrap replicates, so the joint distribution of the columns is unknown (columns on
-  the same test set are correlated). Rule: read each column's half-width
-  h_c = (ci_high - ci_low) / 2 as z * se_c (normal approximation), carry it through the
-  column's affine normalisation (|slope| * h_c) and report score +- mean_c(|slope_c| h_c).
-  Since sd(sum X_c) <= sum sd(X_c) for ANY correlation, that interval covers at least the
-  columns' nominal level under joint normality: conservative, never too narrow (under
-  independence the exact width would be up to sqrt(C) times smaller). Baseline ratios use
-  the same worst-case delta rule: h(x/b) = h_x/|b| + |x| h_b / b^2 (0 for the baseline row).
-  The interval is NaN when a column the score uses has no interval.
+- intervals, two methods (the summary's `interval_method` says which a model got):
+  * `bootstrap` (issue 12 item 5), when the results keep the bootstrap resamples of the scored
+    columns (`tasks/<task>/<model>.bootstrap.npz`, `plexbench.results_schema`): for resample b,
+    every column's resampled value is normalised like the column (and divided by the baseline's
+    resample b under a baseline), the score of resample b is the mean over the columns as for the
+    point score, and the interval is the 2.5th-97.5th percentile of those B scores. Columns of one
+    task share the resample draws (same seed, same rows), so their correlation is kept; columns of
+    tasks with the same seed and number of examples share them too (the draws depend only on seed,
+    size and b). B is the smallest number of resamples among the columns. A scored column without
+    resamples (a summary such as a subpopulation percentile or a few-shot probe, or a task without
+    bootstrap) is held at its value: the interval covers the test-set resampling of the others;
+    `interval_fixed` counts such columns.
+  * `conservative`, otherwise: `metrics_long.csv` carries a per-column interval [ci_low, ci_high]
+    but not the joint distribution of the columns (columns on the same test set are correlated).
+    Rule: read each column's half-width h_c = (ci_high - ci_low) / 2 as z * se_c (normal
+    approximation), carry it through the column's affine normalisation (|slope| * h_c) and report
+    score +- mean_c(|slope_c| h_c). Since sd(sum X_c) <= sum sd(X_c) for ANY correlation, that
+    interval covers at least the columns' nominal level under joint normality: conservative, never
+    too narrow (under independence the exact width would be up to sqrt(C) times smaller). Baseline
+    ratios use the same worst-case delta rule: h(x/b) = h_x/|b| + |x| h_b / b^2 (0 for the
+    baseline row). The interval is NaN when a column the score uses has no interval.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -116,7 +128,9 @@ PRESETS.add("plexbench", Preset(
 
 
 INTERVAL_RULE = (
-    "per column, half-width h = (ci_high - ci_low) / 2 read as z * se and scaled by |slope| of the column's "
+    "bootstrap (when the results keep the resamples of the scored columns): the score of every resample, "
+    "each column normalised (and baseline-divided) per resample, columns without resamples held at their "
+    "value; 2.5th-97.5th percentile. Otherwise conservative: per column, half-width h = (ci_high - ci_low) / 2 read as z * se and scaled by |slope| of the column's "
     "affine normalisation; score interval = score +- mean over used columns of the scaled h; conservative for "
     "any correlation between columns (sd of a sum <= sum of sds); baseline ratios: h(x/b) = h_x/|b| + |x| h_b/b^2; "
     "NaN when a used column has no interval")
@@ -374,8 +388,75 @@ def best_table(norm: pd.DataFrame) -> pd.DataFrame:
     return norm.eq(norm.max(axis=0, skipna=True), axis=1) & norm.notna()
 
 
-def _scope_summary(norm, half, ranks, best, cols, strict: bool, prefix: str) -> pd.DataFrame:
-    """score / interval / best / mean rank over the columns `cols` for every model."""
+@dataclass(frozen=True)
+class Resamples:
+    """Normalised bootstrap resamples of the scored columns: `values[m]` float64 (B, C) in plan order
+    for model m (a column without resamples repeats the model's value: held fixed); `fixed[m]`:
+    those columns' keys; models without any resampled column are absent."""
+
+    values: dict[str, np.ndarray]
+    fixed: dict[str, list[str]]
+    keys: list[str]
+
+
+def resampled_table(models, plan: Sequence[ScoredColumn], replicates, raw: pd.DataFrame) -> Resamples | None:
+    """The normalised resamples of every model (see `Resamples`); None when no model has any."""
+    found = {m: {s.key: np.asarray(replicates[m][(s.column.metric, s.column.dataset)], np.float64)
+                 for s in plan if (s.column.metric, s.column.dataset) in (replicates.get(m) or {})}
+             for m in models}
+    sizes = [a.shape[0] for cols in found.values() for a in cols.values()]
+    if not sizes:
+        return None
+    b = min(sizes)
+    values, fixed = {}, {}
+    for m in models:
+        if not found[m]:
+            continue
+        columns, held = [], []
+        for s in plan:
+            norm = NORMALISATIONS[s.normalisation]
+            if s.key in found[m]:
+                columns.append(norm.apply(found[m][s.key][:b], s.num_classes or math.nan))
+            else:
+                if not pd.isna(raw.at[m, s.key]):
+                    held.append(s.key)
+                columns.append(np.full(b, float(norm.apply(raw.at[m, s.key], s.num_classes or math.nan))))
+        values[m], fixed[m] = np.stack(columns, axis=1), held
+    return Resamples(values, fixed, [s.key for s in plan])
+
+
+def divide_resamples_by_baseline(boot: Resamples, baseline: str, *, needs_positive: bool) -> Resamples:
+    """Each model's resample b divided by the baseline's resample b, column by column (a baseline
+    resample equal to 0, or <= 0 when `needs_positive`, gives NaN)."""
+    if baseline not in boot.values:
+        return Resamples({}, {}, boot.keys)
+    base = boot.values[baseline]
+    base = np.where((base <= 0) if needs_positive else (base == 0), np.nan, base)
+    return Resamples({m: v / base for m, v in boot.values.items()}, boot.fixed, boot.keys)
+
+
+def _bootstrap_bounds(boot: Resamples | None, model: str, cols: Sequence[str], strict: bool) -> tuple[float, float]:
+    """(low, high) percentile interval of the model's resampled score over `cols`, NaN when unknown."""
+    if boot is None or model not in boot.values or not cols:
+        return math.nan, math.nan
+    index = [boot.keys.index(c) for c in cols]
+    sub = boot.values[model][:, index]
+    if strict and np.isnan(sub).any():
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column missing in every resample
+        scores = np.nanmean(sub, axis=1)
+    scores = scores[np.isfinite(scores)]
+    if not scores.size:
+        return math.nan, math.nan
+    low, high = np.quantile(scores, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def _scope_summary(norm, half, ranks, best, cols, strict: bool, prefix: str, boot: Resamples | None = None
+                   ) -> pd.DataFrame:
+    """score / interval / best / mean rank over the columns `cols` for every model (the interval
+    from the resamples where the model has them, else the conservative rule)."""
     sub, h, r = norm[cols], half[cols], ranks[cols]
     skip = not strict
     if cols:
@@ -386,10 +467,16 @@ def _scope_summary(norm, half, ranks, best, cols, strict: bool, prefix: str) -> 
         mean_rank = r.mean(axis=1, skipna=skip)
     else:
         score = width = mean_rank = pd.Series(np.nan, index=norm.index)
+    low, high = SCALE * (score - width), SCALE * (score + width)
+    if boot is not None:
+        for m in norm.index:
+            if m in boot.values and not pd.isna(score.get(m, np.nan)):
+                lo, hi = _bootstrap_bounds(boot, m, cols, strict)
+                low[m], high[m] = SCALE * lo, SCALE * hi
     return pd.DataFrame({
         f"{prefix}score": SCALE * score,
-        f"{prefix}ci_low": SCALE * (score - width),
-        f"{prefix}ci_high": SCALE * (score + width),
+        f"{prefix}ci_low": low,
+        f"{prefix}ci_high": high,
         f"{prefix}best": best[cols].sum(axis=1).astype(int) if cols else 0,
         f"{prefix}mean_rank": mean_rank,
     }, index=norm.index)
@@ -397,10 +484,13 @@ def _scope_summary(norm, half, ranks, best, cols, strict: bool, prefix: str) -> 
 
 def compute_score(long: pd.DataFrame, *, preset: str = "paper", baseline: str | None = None,
                   num_classes: Mapping[str, int] | None = None, include: Sequence[str] | None = None,
-                  exclude: Sequence[str] | None = None) -> ScoreResult:
+                  exclude: Sequence[str] | None = None,
+                  replicates: Mapping[str, Mapping[tuple[str, str], np.ndarray]] | None = None) -> ScoreResult:
     """The reliability score of every model in a long table (`metrics_long.csv` format).
 
-    `num_classes` overrides K per dataset (tests, datasets outside the registry).
+    `num_classes` overrides K per dataset (tests, datasets outside the registry). `replicates`:
+    model -> {(metric, dataset): (B,) bootstrap resamples} (`Results.replicates()`), for the
+    bootstrap interval (module docstring); without, the conservative interval.
     Worked example (paper preset, one column each of accuracy and ece on one dataset):
     model A accuracy 0.9, ece 0.1 -> (0.9 + (1 - 0.1)) / 2 = 0.9 -> score 90.
     """
@@ -417,9 +507,12 @@ def compute_score(long: pd.DataFrame, *, preset: str = "paper", baseline: str | 
     plan = [ScoredColumn(s.column, s.normalisation, s.category, ks.get(s.column.dataset), s.note) for s in plan]
     norm = normalise_table(raw, plan)
     half = half_widths(wide_table(long, "ci_low"), wide_table(long, "ci_high"), plan)
+    boot = resampled_table(norm.index, plan, replicates, raw) if replicates else None
     if baseline is not None:
+        if boot is not None:
+            boot = divide_resamples_by_baseline(boot, baseline, needs_positive=p.baseline_needs_positive)
         norm, half = divide_by_baseline(norm, half, baseline, needs_positive=p.baseline_needs_positive)
-    return _summarise(p, baseline, norm, half, plan, excluded)
+    return _summarise(p, baseline, norm, half, plan, excluded, boot)
 
 
 def _complete_long(long: pd.DataFrame) -> pd.DataFrame:
@@ -441,17 +534,21 @@ def categories_of(plan: Sequence[ScoredColumn]) -> list[str]:
     return list(CATEGORIES) + extra
 
 
-def _summarise(p: Preset, baseline, norm, half, plan, excluded) -> ScoreResult:
+def _summarise(p: Preset, baseline, norm, half, plan, excluded, boot: Resamples | None = None) -> ScoreResult:
     ranks, best = rank_table(norm), best_table(norm)
     all_cols = [s.key for s in plan]
-    parts = [_scope_summary(norm, half, ranks, best, all_cols, p.strict_missing, "")]
+    parts = [_scope_summary(norm, half, ranks, best, all_cols, p.strict_missing, "", boot)]
     missing = {m: [s.column for s in plan if pd.isna(norm.at[m, s.key])] for m in norm.index}
+    resampled = boot.values if boot is not None else {}
     counts = pd.DataFrame({"n_columns": [len(all_cols) - len(missing[m]) for m in norm.index],
-                           "n_missing": [len(missing[m]) for m in norm.index]}, index=norm.index)
+                           "n_missing": [len(missing[m]) for m in norm.index],
+                           "interval_method": ["bootstrap" if m in resampled else "conservative" for m in norm.index],
+                           "interval_fixed": [len(boot.fixed.get(m, [])) if m in resampled else 0
+                                              for m in norm.index]}, index=norm.index)
     parts.append(counts)
     for cat in categories_of(plan):
         cols = [s.key for s in plan if s.category == cat]
-        parts.append(_scope_summary(norm, half, ranks, best, cols, p.strict_missing, f"{cat}_"))
+        parts.append(_scope_summary(norm, half, ranks, best, cols, p.strict_missing, f"{cat}_", boot))
     summary = pd.concat(parts, axis=1)
     summary.index.name = "model"
     return ScoreResult(p.name, baseline, summary, norm, ranks, list(plan), excluded,

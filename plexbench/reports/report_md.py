@@ -78,7 +78,7 @@ def render_report(results_dir: str | Path) -> str:
     groups = model_groups(results.long)
     parts = [
         _title(results_dir, run, results),
-        _score_section(results.long, groups, results_dir),
+        _score_section(results, groups, results_dir),
         _reproducibility_section(results_dir),
         _task_section(results, run),
         _figure_section(results_dir),
@@ -122,9 +122,12 @@ def _title(results_dir: Path, run: dict, results: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _score_section(long: pd.DataFrame, groups: Sequence[ModelGroup], results_dir: Path) -> str:
+def _score_section(results: Results, groups: Sequence[ModelGroup], results_dir: Path) -> str:
+    replicates = results.replicates()
     lines = ["## Reliability score", "",
-             "Scores x100 with their conservative interval (mean of the columns' half-widths), computed within "
+             "Scores x100 with their 95% interval (`bootstrap`: the score of every bootstrap resample of the "
+             "tasks, columns without resamples held at their value; `conservative`: the mean of the columns' "
+             "half-widths; see `plexbench.reports.reliability_score`), computed within "
              "each group of models with the same number of classes (they ran the same tasks). Presets: `paper` "
              "(the paper's score and quirks; NaN when a column is missing) and `plexbench` (every lower-is-better "
              "metric flipped). Definitions: `plexbench.reports.reliability_score`."]
@@ -134,11 +137,11 @@ def _score_section(long: pd.DataFrame, groups: Sequence[ModelGroup], results_dir
                       + " and ".join(links) + " (also as CSV, JSON and LaTeX beside them)."]
     for group in groups:
         lines += ["", f"### {group.title}: {', '.join(f'`{m}`' for m in group.models)}"]
-        sub = long[long["model"].isin(group.models)]
+        sub = results.long[results.long["model"].isin(group.models)]
         for preset in PRESETS:
             lines += ["", f"Preset `{preset}`:", ""]
             try:
-                score = reliability_score.compute_score(sub, preset=preset)
+                score = reliability_score.compute_score(sub, preset=preset, replicates=replicates)
             except PlexbenchError as e:
                 lines.append(f"(no score: {e})")
                 continue
@@ -149,11 +152,14 @@ def _score_section(long: pd.DataFrame, groups: Sequence[ModelGroup], results_dir
 def score_table(score: reliability_score.ScoreResult) -> str:
     """Markdown score table of a ScoreResult: one row per model, best score first (NaN last)."""
     s = score.summary.sort_values("score", ascending=False, na_position="last", kind="stable")
-    cats = [c for c in reliability_score.CATEGORIES if any(col.category == c for col in score.columns)]
-    head = ["model", "score", "interval", *cats, "best", "mean rank", "columns", "missing"]
+    cats = [c for c in reliability_score.categories_of(score.columns) if any(col.category == c for col in score.columns)]
+    head = ["model", "score", "interval", "interval method", *cats, "best", "mean rank", "columns", "missing"]
     rows = []
     for model, r in s.iterrows():
-        rows.append([f"`{model}`", _num(r["score"], 1), _interval(r["ci_low"], r["ci_high"], 1),
+        method = str(r.get("interval_method", ""))
+        if method == "bootstrap" and int(r.get("interval_fixed", 0)):
+            method += f" ({int(r['interval_fixed'])} columns fixed)"
+        rows.append([f"`{model}`", _num(r["score"], 1), _interval(r["ci_low"], r["ci_high"], 1), method,
                      *(_num(r[f"{c}_score"], 1) for c in cats), str(int(r["best"])), _num(r["mean_rank"], 2),
                      str(int(r["n_columns"])), str(int(r["n_missing"]))])
     return tables.markdown_table(head, rows)

@@ -191,6 +191,28 @@ def data_fingerprint(name: str, split: str, data_dir) -> str:
     return dataset_fingerprint(name, split, data_dir)
 
 
+class DataFingerprints:
+    """`data_fingerprint` of each (dataset, split), computed once per run.
+
+    A fingerprint hashes the decoded split (seconds for a corrupted family of 75 datasets), and
+    every (task, model) pair and run.json need the fingerprints of the task's datasets: a run
+    computes each one once, after the missing embedded datasets are prepared (data does not change
+    during a run). `calls` counts the fingerprints computed.
+    """
+
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self._known: dict[tuple[str, str], str] = {}
+        self.calls = 0
+
+    def __call__(self, name: str, split: str) -> str:
+        key = (name, split)
+        if key not in self._known:
+            self._known[key] = data_fingerprint(name, split, self.data_dir)
+            self.calls += 1
+        return self._known[key]
+
+
 def missing_datasets(tasks: Sequence[TaskSpec], data_dir) -> dict[str, list[str]]:
     """Dataset name -> tasks needing it, for datasets not prepared in `data_dir`."""
     from plexbench.data import registry as D
@@ -233,6 +255,7 @@ def run(options: RunOptions, extra_models: Sequence[ModelSource] = (), context: 
     fileio.remove_stale_temp_files(out)
     report = RunReport(out)
     missing = _ensure_data(tasks, sources, options)
+    fingerprints = DataFingerprints(options.data_dir)
     previous = _read_json(out / "run.json")
     ctx = context or EvalContext(data_dir=options.data_dir, limit=options.limit)
     inference_timings: list[dict] = []
@@ -248,7 +271,7 @@ def run(options: RunOptions, extra_models: Sequence[ModelSource] = (), context: 
                 last_use = _last_use(tasks, preds)
                 for i, task in enumerate(tasks):
                     done = len(report.computed)
-                    _run_one(task, model, preds, options, ctx, missing, report, task_timings)
+                    _run_one(task, model, preds, options, ctx, missing, report, task_timings, fingerprints)
                     if shown is not None and len(report.computed) > done:
                         shown.advance()
                     elif shown is not None:
@@ -258,7 +281,7 @@ def run(options: RunOptions, extra_models: Sequence[ModelSource] = (), context: 
                 _write_long(out, all_tasks)
         report.seconds = time.perf_counter() - started
         _write_run_json(out, suite, tasks, all_tasks, models_info, options, report, inference_timings,
-                        task_timings)
+                        task_timings, fingerprints)
     finally:
         _write_long(out, all_tasks)  # also after an error: every finished result is listed
     return report
@@ -307,7 +330,8 @@ def _ensure_data(tasks, sources, options) -> dict[str, list[str]]:
     return missing
 
 
-def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report: RunReport, timings) -> None:
+def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report: RunReport, timings,
+             fingerprints: DataFingerprints | None = None) -> None:
     """Reuse, skip or compute one (task, model) result; a computed one is written at once.
 
     With --limit, a task whose protocol cannot run on that many examples (a PlexbenchError from
@@ -317,7 +341,7 @@ def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report
     path = RS.task_result_path(options.out_dir, task.name, model.name)
     skip = _skip_reason(task, model, kind, missing)
     if skip is None:
-        inputs_sha = inputs_fingerprint(task, model, options)
+        inputs_sha = inputs_fingerprint(task, model, options, fingerprints)
         old = RS.read_task_result(path)
         if old is not None and old.get("inputs_sha256") == inputs_sha:
             report.reused.append((task.name, model.name))
@@ -345,7 +369,7 @@ def _run_one(task, model, preds: ModelPredictions, options, ctx, missing, report
                                "reason": f"cannot run at --limit {options.limit}: {e}"})
         return
     seconds = time.perf_counter() - started
-    RS.write_task_result(path, _task_doc(task, kind, model, result, k, inputs_sha, options, seconds))
+    RS.write_task_result(path, _task_doc(task, kind, model, result, k, inputs_sha, options, seconds), result.rows)
     state.unlink(missing_ok=True)
     report.computed.append((task.name, model.name))
     timings.append({"task": task.name, "model": model.name, "seconds": round(seconds, 3), "reused": False})
@@ -397,10 +421,15 @@ def _skip_reason(task, model: ModelSource, kind, missing) -> str | None:
     return None
 
 
-def inputs_fingerprint(task: TaskSpec, model: ModelSource, options: RunOptions) -> str:
-    """sha256 of everything a (task, model) result depends on (module docstring, step 2)."""
+def inputs_fingerprint(task: TaskSpec, model: ModelSource, options: RunOptions,
+                       fingerprints: DataFingerprints | None = None) -> str:
+    """sha256 of everything a (task, model) result depends on (module docstring, step 2).
+
+    `fingerprints`: the run's DataFingerprints (each dataset hashed once per run); default: a fresh one.
+    """
     kind = R.get_kind(task.kind)
-    data = {f"{name}:{split}": data_fingerprint(name, split, options.data_dir) for name, split in kind.datasets(task)}
+    fingerprints = fingerprints or DataFingerprints(options.data_dir)
+    data = {f"{name}:{split}": fingerprints(name, split) for name, split in kind.datasets(task)}
     return fileio.sha256_json({"task": task.to_dict(), "model": model.identity(), "data": data,
                                "limit": options.limit, "dtype": options.dtype, "seed": options.seed,
                                "plexbench": __version__})
@@ -449,15 +478,17 @@ def _write_long(out: Path, all_tasks: Sequence[TaskSpec]) -> None:
         RS.write_long_csv(out / "metrics_long.csv", rows)
 
 
-def _write_run_json(out, suite, tasks, all_tasks, models_info, options, report, inference, task_timings):
+def _write_run_json(out, suite, tasks, all_tasks, models_info, options, report, inference, task_timings,
+                    fingerprints: DataFingerprints):
     """run.json, merged under the lock with the one on disk now (module docstring)."""
     with results_lock(out):
         current = _read_json(out / "run.json")
         fileio.write_json(out / "run.json", _run_doc(current, suite, tasks, all_tasks, models_info, options, report,
-                                                     inference, task_timings))
+                                                     inference, task_timings, fingerprints))
 
 
-def _run_doc(current, suite, tasks, all_tasks, models_info, options, report, inference, task_timings) -> dict:
+def _run_doc(current, suite, tasks, all_tasks, models_info, options, report, inference, task_timings,
+             fingerprints: DataFingerprints) -> dict:
     from plexbench.provenance import provenance
 
     same_suite = (current.get("suite") or {}).get("name") == suite.name
@@ -467,7 +498,7 @@ def _run_doc(current, suite, tasks, all_tasks, models_info, options, report, inf
     datasets = dict(current.get("datasets") or {}) if same_suite else {}
     for task in tasks:
         for name, split in R.get_kind(task.kind).datasets(task):
-            datasets[f"{name}:{split}"] = data_fingerprint(name, split, options.data_dir)
+            datasets[f"{name}:{split}"] = fingerprints(name, split)
     task_docs = {**earlier_tasks, **{t.name: {"kind": t.kind, "version": t.version, "sha256": fileio.sha256_file(t.path),
                                               "spec": t.to_dict()} for t in tasks}}
     task_names = [t.name for t in all_tasks if t.name in task_docs]  # suite order

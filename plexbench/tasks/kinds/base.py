@@ -38,6 +38,9 @@ score ignore all three and stay as thin as before.
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,15 +73,19 @@ class Split:
     Shapes: `labels` int64 (N,); `log_probs` float (N, K) ensemble log-probabilities (spec §3:
     log-mean-exp over members); `logits` float (E, N, K) or None when unknown (prediction files
     may omit them); `embeddings` float (E, N, D) or None; `ids` int64 (N,), the example index in
-    the split (dataset order).
+    the split (dataset order). `stats`: the per-example statistics (plexbench.metrics.ExampleStats)
+    when the caller already has them (`plexbench score` keeps only those: `log_probs` is None then,
+    and `ids` too unless its file has them; the kinds it runs read neither); otherwise `split_stats`
+    computes them from `log_probs` once per Split.
     """
 
     ref: DatasetRef
     labels: np.ndarray
-    log_probs: np.ndarray
-    ids: np.ndarray
+    log_probs: np.ndarray | None
+    ids: np.ndarray | None
     logits: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    stats: Any = field(default=None, compare=False, repr=False)
 
     @property
     def n(self) -> int:
@@ -93,8 +100,9 @@ class Split:
         """Rows `index` (a boolean mask or integer indices over N)."""
         def rows(a, axis):
             return None if a is None else np.take(a, np.flatnonzero(index) if index.dtype == bool else index, axis)
+        stats = None if self.stats is None else self.stats.take(index)
         return Split(self.ref, rows(self.labels, 0), rows(self.log_probs, 0), rows(self.ids, 0),
-                     rows(self.logits, 1), rows(self.embeddings, 1))
+                     rows(self.logits, 1), rows(self.embeddings, 1), stats)
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,9 @@ class MetricRow:
     ci_high: float = math.nan
     num_classes: int | None = None  # K behind the row when it is not the model's (a few-shot probe's classes)
     score_exclusion: str = ""  # non-empty: reported, but not part of a reliability score (and why)
+    # the metric on each bootstrap resample, float64 (B,), when the row has an interval: the runner
+    # keeps them (results_schema) so the reliability score's interval can be computed from them
+    replicates: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -268,24 +279,151 @@ def selected(task: TaskSpec, kind: TaskKind) -> tuple[str, ...]:
     return kind.default_metrics if kind.default_metrics is not None else kind.metrics
 
 
-def measure(task: TaskSpec, ref: DatasetRef, metric: str, fn: Callable[..., float],
-            arrays: Sequence[np.ndarray], *, dataset: str | None = None) -> MetricRow:
-    """fn(*arrays) as a row, with n = len(arrays[0]) and, when the task asks for bootstrap
-    resamples, a 95% percentile interval from plexbench.metrics.bootstrap_ci (rows of all arrays
-    resampled together, seed = task.seed)."""
-    value = float(fn(*arrays))
-    low = high = math.nan
-    if task.bootstrap > 0:
-        from plexbench.metrics import bootstrap_ci
+def split_stats(split: Split, *, labels: bool = True, soft_labels: np.ndarray | None = None,
+                want: Sequence[str] = ()):
+    """The split's per-example statistics (plexbench.metrics.ExampleStats), computed once per Split:
+    `split.stats` when given, else one pass over `split.log_probs` (cached on the Split).
 
-        low, high = bootstrap_ci(fn, *arrays, num_samples=task.bootstrap, seed=task.seed)
-    return MetricRow(dataset or ref.label, ref.split, metric, value, int(len(arrays[0])), float(low), float(high))
+    `labels=False`: without labels (OOD data, whose labels may lie outside the model's classes).
+    `soft_labels` (N, K): statistics against soft labels (not cached). `want`: extra statistics
+    (entropy, margin, ged, ...) to compute in the same pass; others are computed on first use.
+    """
+    from plexbench.metrics import ExampleStats
+    from plexbench.metrics.stats import CORE
+
+    names = tuple(CORE) + tuple(want)
+    if split.stats is not None:
+        return split.stats
+    if soft_labels is not None:
+        return ExampleStats.from_log_probs(split.log_probs, soft_labels=soft_labels, want=names)
+    cache = split.__dict__.setdefault("_stats_cache", {})  # frozen dataclass: a plain attribute dict
+    if labels not in cache:
+        cache[labels] = ExampleStats.from_log_probs(split.log_probs, split.labels if labels else None, want=names)
+    return cache[labels]
+
+
+def measure(task: TaskSpec, ref: DatasetRef, functions, data, arrays: Sequence[np.ndarray] | None = None, *,
+            dataset: str | None = None, n: int | None = None):
+    """One row per (metric name, fn): value fn(data), and with `task.bootstrap` > 0 a 95% percentile
+    interval from `task.bootstrap` resamples of `data` drawn with seed `task.seed`
+    (plexbench.metrics.bootstrap_intervals: every metric of the call sees the same resamples; a
+    resample gathers per-example statistics, O(N), and OOD data resamples in- and out-of-distribution
+    rows separately). Inside `shared_bootstrap()` the intervals are computed later, once for all the
+    calls on the same data (see there).
+
+    `functions`: {metric name: fn}; `data`: an ExampleStats (the split's per-example statistics,
+    `split_stats`) or a DetectionSet (OOD scores); `n`: the row count reported (default: the data's
+    rows, in- plus out-of-distribution for OOD data). Returns the rows, in `functions` order.
+
+    One metric on raw arrays: `measure(task, ref, "name", fn, arrays)` -> one row of fn(*arrays),
+    the rows of all arrays resampled together (the same draws as above; O(size of the arrays) per
+    resample), for a kind's own metric that the per-example statistics do not cover.
+    """
+    if isinstance(functions, str):
+        fn = data
+        rows = measure(task, ref, {functions: lambda rows: fn(*rows.arrays)}, ArrayRows(arrays), dataset=dataset,
+                       n=n)
+        return rows[0]
+    values = {name: float(fn(data)) for name, fn in functions.items()}
+    rows_n = n if n is not None else sum(k for k, _ in data.strata)
+    rows = [MetricRow(dataset or ref.label, ref.split, name, value, int(rows_n)) for name, value in values.items()]
+    if task.bootstrap > 0 and functions:
+        session = _SESSION.get()
+        if session is not None:
+            session.defer(rows, functions, data, task.bootstrap, task.seed)
+        else:
+            from plexbench.metrics.bootstrap import bootstrap_distributions, percentile_interval
+
+            draws = bootstrap_distributions(functions, data, num_samples=task.bootstrap, seed=task.seed)
+            rows = [with_replicates(row, draws[row.metric], percentile_interval(draws[row.metric], what=row.metric))
+                    for row in rows]
+    return rows
+
+
+def with_replicates(row: MetricRow, replicates: np.ndarray, interval: tuple[float, float]) -> MetricRow:
+    """`row` with its bootstrap interval and the per-resample values it came from."""
+    return dataclasses.replace(row, ci_low=float(interval[0]), ci_high=float(interval[1]),
+                               replicates=np.asarray(replicates, dtype=np.float64))
+
+
+class ArrayRows:
+    """Arrays with the same first axis (N rows), resampled together: the data of a metric that
+    `measure` computes on raw arrays."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]):
+        self.arrays = tuple(np.asarray(a) for a in arrays)
+        n = self.arrays[0].shape[0] if self.arrays and self.arrays[0].ndim else 0
+        if n == 0 or any(a.ndim == 0 or a.shape[0] != n for a in self.arrays):
+            from plexbench.errors import PlexbenchError
+
+            raise PlexbenchError("measure: arrays must be non-empty with the same number of rows, got "
+                                 + ", ".join(str(a.shape) for a in self.arrays))
+        self.strata = ((n, 0),)
+
+    def resample(self, draws) -> "ArrayRows":
+        idx = draws[0] if isinstance(draws, tuple) else draws
+        return ArrayRows([a[idx] for a in self.arrays])
+
+
+class BootstrapSession:
+    """Intervals deferred by `measure` calls made inside `shared_bootstrap()`: `resolve(rows)`
+    computes them with one bootstrap per (data, resamples, seed), every metric of every call on the
+    same data seeing the same resamples (what separate calls with the same seed would draw, so the
+    numbers are the same; the draws and each resample's confidence order are made once)."""
+
+    def __init__(self):
+        self._pending: list[tuple[list[MetricRow], Mapping[str, Callable], Any, int, int]] = []
+        self._done: dict[int, MetricRow] = {}
+
+    def defer(self, rows, functions, data, num_samples: int, seed: int) -> None:
+        self._pending.append((rows, functions, data, num_samples, seed))
+
+    def resolve(self, rows: Sequence[MetricRow]) -> list[MetricRow]:
+        """`rows` with the intervals of the deferred ones filled in (computed now if pending)."""
+        from plexbench.metrics import bootstrap_intervals
+
+        groups: dict[tuple, list] = {}
+        for entry in self._pending:
+            groups.setdefault((id(entry[2]), entry[3], entry[4]), []).append(entry)
+        self._pending = []
+        for entries in groups.values():
+            functions = {(i, name): fn for i, entry in enumerate(entries) for name, fn in entry[1].items()}
+            _, _, data, num_samples, seed = entries[0]
+            intervals = bootstrap_intervals(functions, data, num_samples=num_samples, seed=seed)
+            for i, (deferred, *_) in enumerate(entries):
+                for row in deferred:
+                    low, high = intervals[(i, row.metric)]
+                    self._done[id(row)] = dataclasses.replace(row, ci_low=float(low), ci_high=float(high))
+        return [self._done.get(id(row), row) for row in rows]
+
+
+_SESSION: contextvars.ContextVar[BootstrapSession | None] = contextvars.ContextVar("bootstrap_session", default=None)
+
+
+@contextlib.contextmanager
+def shared_bootstrap():
+    """Defer the intervals of `measure` inside the block to one bootstrap per data (BootstrapSession);
+    call `session.resolve(rows)` for the rows with intervals. Used by `plexbench score`, whose kinds
+    measure the same split."""
+    session = BootstrapSession()
+    token = _SESSION.set(session)
+    try:
+        yield session
+    finally:
+        _SESSION.reset(token)
 
 
 def summary_row(ref_label: str, split: str, metric: str, value: float, n: int,
-                num_classes: int | None = None) -> MetricRow:
-    """A row without interval (averages over datasets, group summaries)."""
-    return MetricRow(ref_label, split, metric, float(value), int(n), num_classes=num_classes)
+                num_classes: int | None = None, replicates: np.ndarray | None = None) -> MetricRow:
+    """A row computed from other rows (averages over datasets, group summaries). With `replicates`
+    (the summary computed on each bootstrap resample of its parts) it gets their percentile
+    interval; without, no interval."""
+    row = MetricRow(ref_label, split, metric, float(value), int(n), num_classes=num_classes)
+    if replicates is None:
+        return row
+    from plexbench.metrics.bootstrap import percentile_interval
+
+    return with_replicates(row, replicates, percentile_interval(replicates, what=metric))
 
 
 def jsonable(obj: Any) -> Any:

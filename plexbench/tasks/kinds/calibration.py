@@ -6,7 +6,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from plexbench.tasks.kinds.base import EvalContext, Split, TaskKind, TaskResult, jsonable, measure, selected
+from plexbench.tasks.kinds.base import (EvalContext, Split, TaskKind, TaskResult, jsonable, measure, selected,
+                                        split_stats)
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, TaskSpec
 
@@ -43,8 +44,7 @@ class Calibration(TaskKind):
             "rms_ce": functools.partial(M.rms_calibration_error, num_bins=bins),
             "calib_auc": M.calib_auc,
         }
-        probs = split.probs
-        rows = [measure(task, split.ref, name, functions[name], (split.labels, probs))
-                for name in selected(task, self)]
-        diagram = M.reliability_diagram(split.labels, probs, num_bins=bins)
+        stats = split_stats(split)
+        rows = measure(task, split.ref, {name: functions[name] for name in selected(task, self)}, stats)
+        diagram = M.reliability_diagram(stats, num_bins=bins)
         return TaskResult(rows=rows, curves={"reliability_diagram": jsonable(dict(diagram))})

@@ -13,7 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
-from plexbench.tasks.kinds.base import EvalContext, Need, Split, TaskKind, TaskResult, measure, selected, summary_row
+from plexbench.tasks.kinds.base import (EvalContext, Need, Split, TaskKind, TaskResult, measure, selected,
+                                        split_stats, summary_row)
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, DatasetRef, FieldError, SplitRole, TaskSpec, check
 
@@ -118,25 +119,22 @@ class CovariateShift(TaskKind):
 
         p = task.params
         wanted = [m for m in selected(task, self) if m != "mce"]
-        fns = {"accuracy": (M.accuracy, "probs"), "ece": (functools.partial(M.ece, num_bins=p.num_bins), "probs"),
-               "nll": (M.nll, "log_probs"), "brier": (M.brier, "probs")}
+        fns = {"accuracy": M.accuracy, "ece": functools.partial(M.ece, num_bins=p.num_bins), "nll": M.nll,
+               "brier": M.brier}
         with_mce = p.reference_errors is not None and "mce" in selected(task, self)
-        computed = wanted + (["accuracy"] if with_mce and "accuracy" not in wanted else [])
-        rows, grid, sizes = [], {}, {}
+        rows, grid, sizes, draws = [], {}, {}, {}
         for c, s, ref in self.cells(task):
             split = inputs[f"shift:{ref.name}"]
             sizes[(c, s)] = split.n
             cell = grid.setdefault(c, {}).setdefault(s, {})
-            for m in computed:
-                fn, which = fns[m]
-                arrays = (split.labels, getattr(split, which))
-                if m in wanted:
-                    row = measure(task, ref, m, fn, arrays)
-                    rows.append(row)
-                    cell[m] = row.value
-                else:
-                    cell[m] = float(fn(*arrays))
-        rows += _averages(task.params, wanted, grid, sizes)
+            stats = split_stats(split)
+            for row in measure(task, ref, {m: fns[m] for m in wanted}, stats):
+                rows.append(row)
+                cell[row.metric] = row.value
+                draws[(c, s, row.metric)] = row.replicates
+            if with_mce and "accuracy" not in wanted:
+                cell["accuracy"] = float(M.accuracy(stats))
+        rows += _averages(task.params, wanted, grid, sizes, draws)
         curves = {"shift": {c: {str(s): v for s, v in by_s.items()} for c, by_s in grid.items()}}
         info = {}
         if with_mce:
@@ -161,20 +159,31 @@ def _check_family(p: CovariateShiftParams) -> None:
         raise FieldError("params.split", f"a split role of {p.family}: " + ", ".join(members[0].splits), p.split)
 
 
-def _averages(p: CovariateShiftParams, wanted, grid, sizes) -> list:
-    """Unweighted means over the grid: overall, per severity, per corruption (see the kind's docstring)."""
+def _averages(p: CovariateShiftParams, wanted, grid, sizes, draws=None) -> list:
+    """Unweighted means over the grid: overall, per severity, per corruption (see the kind's docstring).
+
+    With bootstrap resamples of every cell (`draws[(c, s, metric)]`, (B,)), a mean gets the mean of
+    its cells' resamples and their percentile interval: the cells of a family are the same test
+    images corrupted, and the same seed and size give every cell the same resample draws, so this is
+    the bootstrap of the average itself."""
+    draws = draws or {}
+
+    def mean_row(metric: str, name: str, keys: list[tuple[str, int]]) -> object:
+        values = [grid[c][s][metric] for c, s in keys]
+        parts = [draws.get((c, s, metric)) for c, s in keys]
+        replicates = np.mean(parts, axis=0) if parts and all(d is not None for d in parts) \
+            and len({d.shape for d in parts}) == 1 else None
+        return summary_row(p.family, p.split, name, np.mean(values), sum(sizes[k] for k in keys),
+                           replicates=replicates)
+
     rows = []
+    every = [(c, s) for c in p.corruptions for s in p.severities]
     for m in wanted:
-        cells = [(c, s, grid[c][s][m]) for c in p.corruptions for s in p.severities]
-        rows.append(summary_row(p.family, p.split, m, np.mean([v for *_, v in cells]), sum(sizes.values())))
+        rows.append(mean_row(m, m, every))
         for s in p.severities:
-            at = [v for _, s2, v in cells if s2 == s]
-            n = sum(sizes[(c, s)] for c in p.corruptions)
-            rows.append(summary_row(p.family, p.split, f"severity_{s}/{m}", np.mean(at), n))
+            rows.append(mean_row(m, f"severity_{s}/{m}", [(c, s) for c in p.corruptions]))
         for c in p.corruptions:
-            of = [v for c2, _, v in cells if c2 == c]
-            n = sum(sizes[(c, s)] for s in p.severities)
-            rows.append(summary_row(p.family, p.split, f"{c}/{m}", np.mean(of), n))
+            rows.append(mean_row(m, f"{c}/{m}", [(c, s) for s in p.severities]))
     return rows
 
 

@@ -9,7 +9,7 @@ from typing import Mapping
 import numpy as np
 
 from plexbench.errors import PlexbenchError
-from plexbench.tasks.kinds.base import EvalContext, Split, TaskKind, TaskResult, measure, selected
+from plexbench.tasks.kinds.base import EvalContext, Split, TaskKind, TaskResult, measure, selected, split_stats
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, TaskSpec
 
@@ -34,11 +34,12 @@ def soft_labels_for(split: Split, ctx: EvalContext, key: str) -> np.ndarray:
 
 @register_kind("label_uncertainty")
 class LabelUncertainty(TaskKind):
-    """Metrics: nll = mean cross-entropy against the soft label, -sum_k y_k log p_k, computed by
-    plexbench.metrics.soft_cross_entropy (its docstring states the clipping rule it applies);
-    accuracy and ece against the argmax of the soft label (ties: the lowest class index, as
-    np.argmax); ged (generalised energy distance, spec §5). Examples whose soft label is all zero
-    (ImageNet ReaL's empty label sets) are left out; `info.dropped_without_soft_label` counts them."""
+    """Metrics: nll = mean cross-entropy against the soft label, -sum_k y_k log max(p_k, 1e-7)
+    (Plex's clip, spec §5; plexbench.metrics.soft_cross_entropy); accuracy and ece against the
+    argmax of the soft label (ties: the lowest class index, as np.argmax); ged (generalised energy
+    distance, spec §5). All from per-example statistics against the soft labels, one bootstrap.
+    Examples whose soft label is all zero (ImageNet ReaL's empty label sets) are left out;
+    `info.dropped_without_soft_label` counts them."""
 
     Params = LabelUncertaintyParams
     reads_data = True
@@ -55,13 +56,8 @@ class LabelUncertainty(TaskKind):
         # label to score against, so they are dropped (their count goes into info).
         has_label = soft.sum(axis=1) > 0
         split, soft = split.take(has_label), soft[has_label]
-        hard = soft.argmax(axis=1)
-        probs = split.probs
-        arrays = {
-            "nll": (M.soft_cross_entropy, (soft, split.log_probs)),
-            "accuracy": (M.accuracy, (hard, probs)),
-            "ece": (functools.partial(M.ece, num_bins=task.params.num_bins), (hard, probs)),
-            "ged": (M.ged, (soft, probs)),
-        }
-        rows = [measure(task, split.ref, m, arrays[m][0], arrays[m][1]) for m in selected(task, self)]
+        stats = split_stats(split, soft_labels=soft, want=("ged",))
+        functions = {"nll": M.soft_cross_entropy, "accuracy": M.accuracy,
+                     "ece": functools.partial(M.ece, num_bins=task.params.num_bins), "ged": M.ged}
+        rows = measure(task, split.ref, {m: functions[m] for m in selected(task, self)}, stats)
         return TaskResult(rows=rows, info={"dropped_without_soft_label": int((~has_label).sum())})

@@ -13,7 +13,7 @@ from typing import Literal, Mapping
 import numpy as np
 
 from plexbench.tasks.kinds.base import (EvalContext, Need, Split, TaskKind, TaskResult, check_dataset_ref,
-                                        even_subsample, jsonable, measure, selected)
+                                        even_subsample, jsonable, measure, selected, split_stats)
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, DatasetRef, FieldError, SplitRole, TaskSpec
 
@@ -55,9 +55,13 @@ _METRIC_FUNCTIONS = {"auroc": "auroc", "auprc": "auprc", "fpr95": "fpr_at_95_tpr
 @register_kind("ood")
 class OOD(TaskKind):
     """Rows `ood/<ood label>/<scorer>/<auroc|auprc|fpr95>` with OOD as the positive class
-    (in-distribution 0, OOD 1); `dataset` is the in-distribution label. A scorer whose input the
-    predictions lack (mlogit without logits, maha without pre-logits, e.g. from prediction files)
-    is left out and named in the result's `info.skipped_scorers`."""
+    (in-distribution 0, OOD 1); `dataset` is the in-distribution label, n = in + OOD examples. A
+    scorer whose input the predictions lack (mlogit without logits, maha without pre-logits, e.g.
+    from prediction files) is left out and named in the result's `info.skipped_scorers`.
+    Intervals: stratified bootstrap, the in-distribution rows resampled with the task seed (the
+    same draws for every OOD set and scorer) and the rows of the j-th OOD set (0-based) on their
+    own with stream 1 + j of it (plexbench.metrics.bootstrap); each scorer's scores are sorted once
+    and a resample repeats them, O(N + M)."""
 
     Params = OODParams
     metrics = ("auroc", "auprc", "fpr95")
@@ -106,31 +110,42 @@ class OOD(TaskKind):
         scores_in = ood_scores(ind, scorers, maha)
         result = TaskResult(info={"skipped_scorers": skipped, "ood_sets": {}})
         curves: dict = {}
-        for ref in p.ood:
+        for j, ref in enumerate(p.ood):
             out = inputs[f"ood:{ref.label}"]
             scores_out = ood_scores(out, scorers, maha)
             result.info["ood_sets"][ref.label] = {"dataset": ref.name, "split": ref.split, "n": out.n,
                                                   "classes": ref.classes, "distance": ref.distance}
-            curves[ref.label] = {}
-            for scorer in scorers:
-                is_ood = np.concatenate([np.zeros(ind.n, np.int64), np.ones(out.n, np.int64)])
-                score = np.concatenate([scores_in[scorer], scores_out[scorer]])
-                for metric in selected(task, self):
-                    fn = getattr(M, _METRIC_FUNCTIONS[metric])
-                    name = f"ood/{ref.label}/{scorer}/{metric}"
-                    result.rows.append(measure(task, ind.ref, name, fn, (is_ood, score)))
-                curves[ref.label][scorer] = {
-                    "in": even_subsample(np.sort(scores_in[scorer]), p.curve_points),
-                    "out": even_subsample(np.sort(scores_out[scorer]), p.curve_points)}
+            detection = M.DetectionSet({scorer: M.DetectionScores(scores_in[scorer], scores_out[scorer], stream=1 + j)
+                                        for scorer in scorers})
+            functions = {f"ood/{ref.label}/{scorer}/{metric}": _detection_metric(scorer, metric)
+                         for scorer in scorers for metric in selected(task, self)}
+            if functions:
+                result.rows += measure(task, ind.ref, functions, detection)
+            curves[ref.label] = {scorer: {"in": even_subsample(np.sort(scores_in[scorer]), p.curve_points),
+                                          "out": even_subsample(np.sort(scores_out[scorer]), p.curve_points)}
+                                 for scorer in scorers}
         result.curves = {"ood": jsonable(curves)}
         return result
+
+
+def _detection_metric(scorer: str, metric: str):
+    """fn(DetectionSet) -> the metric of one scorer (plexbench.metrics.auroc / auprc / fpr_at_95_tpr)."""
+    from plexbench import metrics as M
+
+    fn = getattr(M, _METRIC_FUNCTIONS[metric])
+    return lambda detection: fn(detection[scorer])
+
+
+def has_logits(split: Split) -> bool:
+    """The split's logits are known: as an array, or as the per-example -max logit of its stats."""
+    return split.logits is not None or (split.stats is not None and split.stats.mlogit is not None)
 
 
 def _missing_inputs(scorers, inputs: Mapping[str, Split]) -> dict[str, str]:
     """Scorer -> why it cannot run on these predictions."""
     skipped = {}
     for s in scorers:
-        if s == "mlogit" and any(split.logits is None for split in inputs.values()):
+        if s == "mlogit" and not all(has_logits(split) for role, split in inputs.items() if role != "fit"):
             skipped[s] = "predictions without logits"
         if s in EMBEDDING_SCORERS and any(split.embeddings is None for split in inputs.values()):
             skipped[s] = "predictions without pre-logits"
@@ -140,16 +155,18 @@ def _missing_inputs(scorers, inputs: Mapping[str, Split]) -> dict[str, str]:
 
 
 def ood_scores(split: Split, scorers, maha) -> dict[str, np.ndarray]:
-    """Scorer -> (N,) float64 OOD scores of `split` (higher = more OOD)."""
+    """Scorer -> (N,) float64 OOD scores of `split` (higher = more OOD), from its per-example
+    statistics (computed without labels: OOD data may carry labels outside the model's classes)."""
     from plexbench import metrics as M
 
+    stats = split_stats(split, labels=False, want=[s for s in ("entropy",) if s in scorers])
     out = {}
     if "msp" in scorers:
-        out["msp"] = M.msp_score(split.probs)
+        out["msp"] = M.msp_score(stats)
     if "entropy" in scorers:
-        out["entropy"] = M.entropy_score(split.probs)
+        out["entropy"] = M.entropy_score(stats)
     if "mlogit" in scorers:
-        out["mlogit"] = M.mlogit_score(split.logits)
+        out["mlogit"] = stats.mlogit if stats.mlogit is not None else M.mlogit_score(split.logits)
     if maha is not None:
         distances = maha.score(split.embeddings)
         for s in EMBEDDING_SCORERS:

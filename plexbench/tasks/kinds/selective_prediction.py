@@ -9,7 +9,7 @@ from typing import Mapping
 import numpy as np
 
 from plexbench.tasks.kinds.base import (EvalContext, Split, TaskKind, TaskResult, even_subsample, jsonable,
-                                        measure, selected)
+                                        measure, selected, split_stats)
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, FieldError, TaskSpec, check
 
@@ -57,16 +57,17 @@ class SelectivePrediction(TaskKind):
         from plexbench import metrics as M
 
         split = inputs["eval"]
-        probs, wanted = split.probs, selected(task, self)
-        rows = []
+        stats, wanted = split_stats(split), selected(task, self)
+        functions = {}
         if "oc_acc" in wanted:
             for fraction in task.params.fractions:
-                fn = functools.partial(M.oracle_collaborative_accuracy, fraction=fraction)
-                rows.append(measure(task, split.ref, oc_metric_name(fraction), fn, (split.labels, probs)))
+                functions[oc_metric_name(fraction)] = functools.partial(M.oracle_collaborative_accuracy,
+                                                                       fraction=fraction)
         for name, fn in (("aurc", M.aurc), ("eaurc", M.eaurc)):
             if name in wanted:
-                rows.append(measure(task, split.ref, name, fn, (split.labels, probs)))
-        curve = M.risk_coverage_curve(split.labels, probs)
+                functions[name] = fn
+        rows = measure(task, split.ref, functions, stats)
+        curve = M.risk_coverage_curve(stats)
         coverage = np.asarray(curve["coverage"], dtype=np.float64)
         keep = even_subsample(np.arange(coverage.shape[0]), task.params.curve_points)
         curves = {"risk_coverage": jsonable({"coverage": coverage[keep],

@@ -10,7 +10,8 @@ import numpy as np
 
 from plexbench.errors import PlexbenchError
 from plexbench.tasks.kinds.base import (EvalContext, Split, TaskKind, TaskResult, check_dataset_ref,
-                                        dataset_num_classes, jsonable, measure, selected, summary_row)
+                                        dataset_num_classes, jsonable, measure, selected, split_stats,
+                                        summary_row)
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, FieldError, NON_NEGATIVE, SplitRole, TaskSpec
 
@@ -81,14 +82,14 @@ class Subpopulation(TaskKind):
 
         split = inputs["eval"]
         groups = assign_groups(task, split, ctx)
-        probs = split.probs
+        stats = split_stats(split)
         present, sizes = np.unique(groups, return_counts=True)
-        accuracy = M.group_accuracies(split.labels, probs, groups)  # in np.unique order, like `present`
+        accuracy = M.group_accuracies(stats, groups=groups)  # in np.unique order, like `present`
         summary = M.subpopulation_summary(accuracy)
         wanted = selected(task, self)
         rows = []
         if "accuracy" in wanted:
-            rows.append(measure(task, split.ref, "accuracy", M.accuracy, (split.labels, probs)))
+            rows += measure(task, split.ref, {"accuracy": M.accuracy}, stats)
         for key in SUMMARY_KEYS:
             if f"subpop/{key}" in wanted:
                 rows.append(summary_row(split.ref.label, split.ref.split, f"subpop/{key}", summary[key], split.n))
