@@ -158,7 +158,8 @@ def test_paper_axis_mapping_table():
     assert paper_numbers.plexbench_metrics("ood_msp_auroc_vs_places365")[0] == "ood/places365_small/msp/auroc"
     assert paper_numbers.plexbench_metrics("subpopulation_accuracy_p25") == ("subpop/p25",)
     assert paper_numbers.plexbench_metrics("subpopulation_accuracy", "p50") == ("subpop/median",)
-    assert paper_numbers.plexbench_metrics("active_learning_accuracy", "1000 labels") == ("active_learning/1000/accuracy",)
+    assert paper_numbers.plexbench_metrics("active_learning_accuracy", "1000 labels") == \
+        ("active_learning/margin/1000/accuracy",)
     assert paper_numbers.plexbench_metrics("selective_prediction_accuracy_auc_ood") == ()
     # every axis of the CSV (bar the retina one) maps to metric names with a declared direction
     for row in paper_numbers.mapping_table():

@@ -38,12 +38,12 @@ def test_plot_command_writes_every_figure_as_pdf_and_png(results, tmp_path, caps
                      "ood_hist_fashion_mnist_vs_digits_msp", "ood_roc_fashion_mnist_vs_digits_msp",
                      "ood_hist_fashion_mnist_vs_cifar100_msp", "ood_roc_fashion_mnist_vs_cifar100_msp",
                      "shift_fashion_mnist_corrupted", "subpopulation_fashion_mnist", "score_vs_num_params",
-                     "score_vs_flops_per_example", "paper_radar", "paper_subpopulation"}
+                     "score_vs_flops_per_example", "paper_radar", "paper_subpopulation", "paper_active_learning"}
     for stem in stems:
         pdf, png = (out / f"{stem}.pdf").read_bytes(), (out / f"{stem}.png").read_bytes()
         assert pdf.startswith(b"%PDF") and len(pdf) > 1000, stem
         assert png.startswith(b"\x89PNG") and len(png) > 1000, stem
-    assert "wrote 26 files" in capsys.readouterr().out
+    assert "wrote 28 files" in capsys.readouterr().out
     # the manifest names the figure kind of every PNG (report.md groups figures by it)
     manifest = json.loads((out / "figures.json").read_text())["figures"]
     kinds = {f["file"]: f["figure"] for f in manifest}

@@ -40,7 +40,8 @@ def test_embedded_suite_content():
     suite, tasks = R.load_suite("embedded", TASKS)
     kinds = {t.kind for t in tasks}
     assert kinds >= {"in_distribution", "calibration", "selective_prediction", "covariate_shift",
-                     "subpopulation", "ood", "few_shot", "label_noise"}
+                     "subpopulation", "ood", "few_shot", "label_noise",
+                     "active_learning"}
     shift = next(t for t in tasks if t.kind == "covariate_shift")
     assert len(shift.params.corruptions) == 15 and shift.params.severities == (1, 2, 3, 4, 5)
     open_set = next(t for t in tasks if t.name == "fmnist_open_set")

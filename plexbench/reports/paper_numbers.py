@@ -15,7 +15,7 @@ Mapping (paper axis @ dataset -> plexbench metric @ same dataset):
 | `ood_<scorer>_<metric>_vs_<ood>` | `ood/<ood>/<scorer>/<metric>`; `places365` is `places365_small` (TFDS name) first |
 | `subpopulation_accuracy_<q>` | `subpop/<q>` |
 | `subpopulation_accuracy` with quantile `p05..p95` | `subpop/p05` ... `subpop/p95`; `p50` is `subpop/median` |
-| `active_learning_accuracy` with budget `N labels` | `active_learning/N/accuracy` (accuracy with N labelled examples) |
+| `active_learning_accuracy` with budget `N labels` | `active_learning/margin/N/accuracy` (test accuracy with N labels acquired by margin, the acquisition the paper reports for Plex; the deterministic and SOTA numbers of the radar are shown in the same column, at the same label count) |
 | `selective_prediction_accuracy_auc_ood` | none: area under the accuracy-vs-referral curve on the country-shifted retina set; plexbench has no retina dataset |
 
 Datasets keep their names except `cifar10h`, which is plexbench's `cifar10_h` (tried first).
@@ -77,6 +77,8 @@ def plexbench_metrics(axis: str, budget_or_quantile: str = "") -> tuple[str, ...
     ('ood/places365_small/msp/auroc', 'ood/places365/msp/auroc')
     >>> plexbench_metrics("subpopulation_accuracy", "p50")
     ('subpop/median',)
+    >>> plexbench_metrics("active_learning_accuracy", "1000 labels")
+    ('active_learning/margin/1000/accuracy',)
     """
     if axis in AXIS_MAP:
         return AXIS_MAP[axis]
@@ -88,7 +90,7 @@ def plexbench_metrics(axis: str, budget_or_quantile: str = "") -> tuple[str, ...
     if axis == "subpopulation_accuracy" and re.fullmatch(r"p\d\d", budget_or_quantile or ""):
         return ("subpop/median",) if budget_or_quantile == "p50" else (f"subpop/{budget_or_quantile}",)
     if axis == "active_learning_accuracy" and (m := _LABELS.search(budget_or_quantile or "")):
-        return (f"active_learning/{m[1]}/accuracy",)
+        return (f"active_learning/margin/{m[1]}/accuracy",)
     return ()
 
 

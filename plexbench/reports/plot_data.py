@@ -305,6 +305,72 @@ def paper_subpopulation_stats(numbers: pd.DataFrame | None = None) -> list[dict]
     return out
 
 
+# --------------------------------------------------------------------------- active learning
+
+
+@dataclass(frozen=True)
+class LearningCurve:
+    """One acquisition's test accuracy against the number of labels, over seeds: `mean`, `low`
+    and `high` (the minimum and maximum over seeds) per labelled size."""
+
+    acquisition: str
+    labels: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    seeds: int
+
+
+@dataclass(frozen=True)
+class LearningCurves:
+    """The `active_learning` curves of one (task, model): one LearningCurve per acquisition, the
+    mode, and the skipped acquisitions with their reasons; `references`: the paper's numbers at
+    a labelled size for this dataset, (model label, labels, accuracy)."""
+
+    model: str
+    task: str
+    dataset: str
+    mode: str
+    curves: list[LearningCurve]
+    skipped: dict = field(default_factory=dict)
+    references: list[tuple[str, int, float]] = field(default_factory=list)
+
+
+def active_learning_curves(results: Results, numbers: pd.DataFrame | None = None) -> list[LearningCurves]:
+    """Every `active_learning` curve of the results (plexbench.tasks.kinds.active_learning), with
+    the paper's active-learning radar numbers for the same dataset as references."""
+    out = []
+    for t in results.tasks:
+        c = t.curves.get("active_learning")
+        if not c:
+            continue
+        labels = np.asarray(c["labels"], np.float64)
+        curves = []
+        for acq, d in c["acquisitions"].items():
+            acc = np.asarray(d["accuracy"], np.float64)  # (seeds, sizes)
+            curves.append(LearningCurve(acq, labels, acc.mean(axis=0), acc.min(axis=0), acc.max(axis=0), acc.shape[0]))
+        out.append(LearningCurves(t.model, t.task, t.dataset, str(c.get("mode", "")), curves, dict(c.get("skipped") or {}),
+                                  paper_active_learning_points(t.dataset, numbers)))
+    return out
+
+
+def paper_active_learning_points(dataset: str, numbers: pd.DataFrame | None = None) -> list[tuple[str, int, float]]:
+    """The paper's radar numbers for active learning on `dataset`: (model label, labels, accuracy).
+
+    >>> paper_active_learning_points("cifar10")[1]
+    ('Plex-L', 1000, 0.964)
+    """
+    names = {"plex_l_be": "Plex-L", "plex_l": "Plex-L", "det": "deterministic", "sota_specialized": "specialised SOTA"}
+    numbers = paper_numbers.load_paper_numbers() if numbers is None else numbers
+    rows = numbers[(numbers["axis"] == "active_learning_accuracy") & (numbers["dataset"] == dataset)]
+    out = []
+    for r in rows.itertuples(index=False):
+        m = re.search(r"(\d+)\s*labels?", r.budget_or_quantile or "")
+        if m:
+            out.append((names.get(r.model, r.model), int(m[1]), float(r.value)))
+    return out
+
+
 # --------------------------------------------------------------------------- score against cost
 
 

@@ -425,6 +425,39 @@ def draw_score_vs_cost(data: plot_data.CostScore):
     return fig
 
 
+_ACQUISITION_ORDER = ("uniform", "entropy", "margin", "msp", "bald", "density")
+
+
+def draw_active_learning(runs: Sequence[plot_data.LearningCurves]):
+    """Test accuracy against the number of labels, one panel per model: one line per acquisition
+    (the mean over seeds, markers at the labelled sizes; one colour per acquisition in every panel)
+    with the seeds' min-max as a band; the paper's radar numbers for the dataset as labelled crosses
+    when they fall in the x range. One legend for all panels."""
+    with paper_style():
+        fig, axes = _panels(len(runs), 2.6, 2.2, sharey=True)
+        handles: dict[str, object] = {}
+        for ax, run in zip(axes, runs):
+            for curve in run.curves:
+                order = _ACQUISITION_ORDER.index(curve.acquisition) if curve.acquisition in _ACQUISITION_ORDER else 9
+                label = f"{curve.acquisition} ({curve.seeds} seed{'s' if curve.seeds > 1 else ''})"
+                (line,) = ax.plot(curve.labels, curve.mean, marker="o", markersize=2.5, color=f"C{order}", label=label)
+                if curve.seeds > 1:
+                    ax.fill_between(curve.labels, curve.low, curve.high, color=line.get_color(), alpha=0.15, linewidth=0)
+                handles.setdefault(label, line)
+            lo, hi = run.curves[0].labels.min(), run.curves[0].labels.max()
+            for name, x, y in run.references:
+                if lo <= x <= hi:
+                    ax.plot([x], [y], marker="x", color="black", markersize=5)
+                    ax.annotate(f"paper: {name}", (x, y), fontsize=5, textcoords="offset points", xytext=(3, 3))
+            skipped = f"; skipped: {', '.join(run.skipped)}" if run.skipped else ""
+            ax.set_title(f"{run.model} ({run.mode}{skipped})")
+            ax.set(xlabel="labelled examples", ylabel="test accuracy (fraction)")
+        ordered = sorted(handles, key=lambda label: (_ACQUISITION_ORDER + (label.split()[0],)).index(label.split()[0]))
+        fig.legend([handles[label] for label in ordered], ordered, loc="outside right center", frameon=False, fontsize=6)
+        fig.suptitle(f"Active learning: {runs[0].dataset} ({runs[0].task}; band: min-max over seeds)")
+    return fig
+
+
 # --------------------------------------------------------------------------- registered task figures
 
 
@@ -541,6 +574,12 @@ def _label_noise_roc_figures(results: Results):
         yield draw_label_noise_roc(group), key
 
 
+@register_figure("active_learning", "Active learning: accuracy against labels")
+def _active_learning_figures(results: Results):
+    for key, group in _grouped(plot_data.active_learning_curves(results), lambda c: (c.task, c.dataset)).items():
+        yield draw_active_learning(group), key
+
+
 # --------------------------------------------------------------------------- everything for a run
 
 
@@ -621,8 +660,27 @@ def _radar(results, radar_axes, preset, num_classes, emit, notes) -> None:
 
 
 def plot_paper_figures(out_dir: str | Path) -> list[Path]:
-    """The paper's radar (Plex-L vs deterministic vs specialised SOTA) and subpopulation figure."""
+    """The paper's radar (Plex-L vs deterministic vs specialised SOTA), subpopulation and active
+    learning figures."""
     out = Path(out_dir)
     paths = save_figure(draw_radar(plot_data.paper_radar_data(), width=5.0), out / "paper_radar")
     paths += save_figure(draw_paper_subpopulation(plot_data.paper_subpopulation_stats()), out / "paper_subpopulation")
+    paths += save_figure(draw_paper_active_learning(), out / "paper_active_learning")
     return paths
+
+
+def draw_paper_active_learning(datasets: Sequence[str] = ("cifar10", "cifar100", "imagenet2012")):
+    """The paper's active-learning radar numbers: test accuracy at the quoted number of labels, one
+    panel per dataset, one bar per model (what `active_learning` curves are compared with)."""
+    with paper_style():
+        fig, axes = _panels(len(datasets), 2.0, 2.2, sharey=True)
+        for ax, dataset in zip(axes, datasets):
+            points = plot_data.paper_active_learning_points(dataset)
+            ax.bar(range(len(points)), [y for _, _, y in points], color="0.6")
+            ax.set_xticks(range(len(points)), [label for label, _, _ in points], rotation=30, ha="right")
+            for i, (_, _, y) in enumerate(points):
+                ax.annotate(f"{y:.3f}", (i, y), ha="center", fontsize=6, textcoords="offset points", xytext=(0, 2))
+            ax.set_title(f"{dataset}, {points[0][1]:,} labels" if points else dataset)
+            ax.set(ylim=(0, 1), ylabel="test accuracy (fraction)")
+        fig.suptitle("Active learning in the paper's radar (Tran et al. 2022; Plex-L: margin acquisition)")
+    return fig

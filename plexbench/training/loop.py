@@ -374,13 +374,13 @@ class _Run:
             raise PlexbenchError(f"batch size {config.batch_size} is not a multiple of the {devices} local devices")
         self.replicated = NamedSharding(self.mesh, P())
         self.rows = NamedSharding(self.mesh, P("data"))
-        self.opt, self._step = _compiled_step(apply_fn, config, loss_fn, self.mesh)
+        self.opt, self._init, self._step = _compiled_step(apply_fn, config, loss_fn, self.mesh)
         self.params0 = jax.device_put(params, self.replicated)
         self.base_key = jax.device_put(jax.random.PRNGKey(config.rng_seed), self.replicated)
 
     def fresh_state(self) -> _State:
         sampler = BatchSampler(len(self.data), self.config.batch_size, self.config.seed, self.config.sampling)
-        return _State(self.params0, self.opt.init(self.params0), 0, sampler)
+        return _State(self.params0, self._init(self.params0), 0, sampler)
 
     def step(self, state: _State):
         """One update; returns the loss as a device scalar (not waited for: dispatch is
@@ -467,12 +467,15 @@ _OPTIMIZER_FIELDS = ("optimizer", "learning_rate", "momentum", "b1", "b2", "weig
 
 
 def _compiled_step(apply_fn, config: FinetuneConfig, loss_fn, mesh):
-    """(optimizer, jitted update (params, opt_state, x, y, base_key, t) -> (params, opt_state, loss))."""
+    """(optimizer, jitted optimizer init, jitted update (params, opt_state, x, y, base_key, t) ->
+    (params, opt_state, loss)). The init is jitted too: run op by op it compiles one small
+    program per parameter shape."""
     import jax
     import optax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    key = (apply_fn, tuple(getattr(config, f) for f in _OPTIMIZER_FIELDS), loss_fn, tuple(mesh.devices.flat))
+    fields = [f for f in _OPTIMIZER_FIELDS if f != "max_steps" or config.schedule != "constant"]  # the schedule's length
+    key = (apply_fn, tuple((f, getattr(config, f)) for f in fields), loss_fn, tuple(mesh.devices.flat))
     if key in _STEPS:
         return _STEPS[key]
     opt = make_optimizer(config)
@@ -488,10 +491,11 @@ def _compiled_step(apply_fn, config: FinetuneConfig, loss_fn, mesh):
 
     compiled = jax.jit(step, in_shardings=(replicated, replicated, rows, rows, replicated, replicated),
                        out_shardings=(replicated, replicated, replicated))
+    init = jax.jit(opt.init, in_shardings=(replicated,), out_shardings=replicated)
     if len(_STEPS) >= _MAX_STEPS:
         _STEPS.pop(next(iter(_STEPS)))
-    _STEPS[key] = (opt, compiled)
-    return opt, compiled
+    _STEPS[key] = (opt, init, compiled)
+    return opt, init, compiled
 
 
 def _to_numpy(params) -> dict:

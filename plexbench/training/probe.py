@@ -168,21 +168,26 @@ def _lockstep_lbfgsb(objective, l2: np.ndarray, size: int, *, max_iter: int, tol
     evaluations are batched. Without that routine (another scipy layout) the problems are solved
     one by one with minimize, with the same results. Returns (thetas (L, size), iterations).
     """
-    try:
-        from scipy.optimize import _lbfgsb
+    from threadpoolctl import threadpool_limits
 
-        solvers = [_ReverseLbfgsb(_lbfgsb.setulb, size, max_iter, tol) for _ in l2]
-        for solver in solvers:
-            solver.advance()
-    except (ImportError, AttributeError, TypeError):  # scipy's private routine moved or changed
-        return _one_by_one(objective, l2, size, max_iter=max_iter, tol=tol)
-    while True:
-        asking = [i for i, s in enumerate(solvers) if s.wants_values]
-        if not asking:
-            break
-        values, grads = objective(np.stack([solvers[i].x for i in asking]), l2[asking])
-        for i, v, g in zip(asking, values, grads):
-            solvers[i].advance(v, g)
+    # L-BFGS-B calls BLAS on tiny (10 x 10) matrices thousands of times; a multi-threaded BLAS
+    # spends more time waking its threads than computing (10x slower on a busy 2-core machine).
+    with threadpool_limits(limits=1, user_api="blas"):
+        try:
+            from scipy.optimize import _lbfgsb
+
+            solvers = [_ReverseLbfgsb(_lbfgsb.setulb, size, max_iter, tol) for _ in l2]
+            for solver in solvers:
+                solver.advance()
+        except (ImportError, AttributeError, TypeError):  # scipy's private routine moved or changed
+            return _one_by_one(objective, l2, size, max_iter=max_iter, tol=tol)
+        while True:
+            asking = [i for i, s in enumerate(solvers) if s.wants_values]
+            if not asking:
+                break
+            values, grads = objective(np.stack([solvers[i].x for i in asking]), l2[asking])
+            for i, v, g in zip(asking, values, grads):
+                solvers[i].advance(v, g)
     return np.stack([s.x for s in solvers]), [s.iterations for s in solvers]
 
 
