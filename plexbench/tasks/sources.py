@@ -138,6 +138,30 @@ def _min_limit(*limits: int | None) -> int | None:
     return min(given) if given else None
 
 
+def config_modality(config) -> str | None:
+    """What a registry model reads: "text" for a T5 config (plexbench.models.t5_config.T5Config),
+    "image" for a ViT config (plexbench.models.config.ModelConfig), None for no config."""
+    if config is None:
+        return None
+    from plexbench.models.t5_config import T5Config
+
+    return "text" if isinstance(config, T5Config) else "image"
+
+
+def modality_mismatch(model: str, reads: str | None, dataset: str) -> str | None:
+    """Why a model reading `reads` ("text" / "image" / None = unknown) cannot be run on `dataset`
+    (it holds the other modality: plexbench.results_schema.dataset_modality), or None.
+
+    E.g. t5-plex-mini (6 classes, like the 6-class Fashion-MNIST models) on fashion_mnist:
+    "model t5-plex-mini reads text; dataset fashion_mnist holds images"."""
+    from plexbench.results_schema import dataset_modality
+
+    holds = dataset_modality(dataset)
+    if reads is None or not holds or reads == holds:
+        return None
+    return f"model {model} reads {reads}; dataset {dataset} holds {holds}s"
+
+
 class ModelSource(abc.ABC):
     """Base: a named model whose predictions on dataset splits can be had."""
 
@@ -190,26 +214,13 @@ class InferenceModel(ModelSource):
         return dict(self.handle.identity)
 
     def input_modality(self) -> str | None:
-        """What the model reads: "text" for a T5 config (plexbench.models.t5_config.T5Config),
-        "image" for a ViT config; None when unknown (a user callable: any dataset is tried)."""
-        if self.config is None:
-            return None
-        from plexbench.models.t5_config import T5Config
-
-        return "text" if isinstance(self.config, T5Config) else "image"
+        """What the model reads (`config_modality`); None for a user callable (any dataset is tried)."""
+        return config_modality(self.config)
 
     def missing(self, request: Request) -> str | None:
-        """A dataset of the other modality (images for a text model, texts for an image model:
-        plexbench.results_schema.dataset_modality) cannot be served; the runner skips the task
-        with this reason before any inference. E.g. t5-plex-mini on fashion_mnist (6 classes,
-        like the fortunes it was trained on): "model t5-plex-mini reads text; dataset
-        fashion_mnist holds images"."""
-        from plexbench.results_schema import dataset_modality
-
-        reads, holds = self.input_modality(), dataset_modality(request.dataset)
-        if reads is None or not holds or reads == holds:
-            return None
-        return f"model {self.name} reads {reads}; dataset {request.dataset} holds {holds}s"
+        """A dataset of the other modality cannot be served (`modality_mismatch`); the runner skips
+        the task with this reason before any inference."""
+        return modality_mismatch(self.name, self.input_modality(), request.dataset)
 
     def trainable(self):
         """A TrainableModel sharing the handle's lazily loaded parameters; None without a
