@@ -159,7 +159,10 @@ def modality_mismatch(model: str, reads: str | None, dataset: str) -> str | None
     holds = dataset_modality(dataset)
     if reads is None or not holds or reads == holds:
         return None
-    return f"model {model} reads {reads}; dataset {dataset} holds {holds}s"
+    return f"model {model} reads {_NOUNS.get(reads, reads)}; dataset {dataset} holds {_NOUNS.get(holds, holds)}"
+
+
+_NOUNS = {"image": "images", "text": "text"}
 
 
 class ModelSource(abc.ABC):

@@ -78,6 +78,16 @@ class OOD(TaskKind):
                 "ood/*/rmaha/auroc", "ood/*/msp/fpr95")
     figures = ("ood_roc", "ood_hist")
 
+    def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
+        """Rows of a scorer that only some models have (gp_variance: SNGP heads) are reported but
+        not scored: a reliability score compares models on the same columns (the paper preset
+        needs every column), and a model without the head would lack them. Rows are named
+        `ood/<label>/<scorer>/<metric>` by this kind (labels have no '/')."""
+        parts = metric.split("/")
+        if len(parts) == 4 and parts[0] == "ood" and parts[2] in EXTRA_SCORERS:
+            return f"{parts[2]}: a scorer only models with an SNGP head have"
+        return ""
+
     def validate(self, task: TaskSpec) -> None:
         p = task.params
         if not p.ood:
