@@ -4,7 +4,7 @@
     <out>/metrics_long.csv            every row of every task JSON of the suite in <out>
     <out>/run.json                    provenance, suite, tasks, models, datasets, seeds, timings
 
-**metrics_long.csv, format 2** (`LONG_COLUMNS`, one row per number):
+**metrics_long.csv, format 3** (`LONG_COLUMNS`, one row per number):
 
 | column | dtype | meaning |
 | --- | --- | --- |
@@ -19,16 +19,21 @@
 | num_classes | int | K behind the row (a few-shot probe's classes where it is not the model's) |
 | model_num_classes | int | the model's own K |
 | score_exclusion | str | empty, or why the row is reported but not part of a reliability score |
+| modality | str | what the task's dataset holds, `image` or `text` (`dataset_modality`: declared by the data registry, `DatasetInfo.text`); empty when unknown |
 
 Format 1 (the 11 columns model ... num_classes, without kind, category, model_num_classes and
 score_exclusion) is converted on read: the kind comes from the task JSON beside the CSV, and the
 category and exclusion from that kind's declarations (`TaskKind.row_category`,
-`TaskKind.score_exclusion`), so old results are read with today's declarations.
+`TaskKind.score_exclusion`), so old results are read with today's declarations. Format 2 (format
+3 without `modality`) and format 1 get the modality on read from the task JSON, else from the
+task's dataset name in the `run.json` beside them (its `tasks.<task>.spec.dataset.name`, looked
+up in the data registry), else it stays empty (unknown).
 
 **Task JSON** (`tasks/<task>/<model>.json`): `format_version`, `task, kind, version, model,
 dataset, split`, `metrics` ({name: value} for the task's own dataset, `<metric>@<dataset>` for
 others), `rows` (every row with the CSV's per-row fields: the source of metrics_long.csv),
-`curves` (plain JSON data for figures), `info`, `num_classes` (the model's K), `headline`
+`curves` (plain JSON data for figures), `info`, `num_classes` (the model's K), `modality` (as
+in the CSV), `headline`
 ([[metric, dataset], ...]: the columns report tables show, resolved by the kind), `figures`
 (figure kinds the task feeds, declared by the kind), `bootstrap`, `limit`, `inputs_sha256`
 (resume reuses the file only when it is unchanged), `seconds`, and `replicates_file` when the
@@ -60,9 +65,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from plexbench.tasks.kinds.base import MetricRow, TaskKind
     from plexbench.tasks.spec import TaskSpec
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LONG_COLUMNS = ("model", "task", "task_version", "kind", "category", "dataset", "split", "metric", "value",
-                "ci_low", "ci_high", "n", "num_classes", "model_num_classes", "score_exclusion")
+                "ci_low", "ci_high", "n", "num_classes", "model_num_classes", "score_exclusion", "modality")
+MODALITIES = ("image", "text")
 V1_COLUMNS = ("model", "task", "task_version", "dataset", "split", "metric", "value", "ci_low", "ci_high", "n",
               "num_classes")
 REQUIRED_COLUMNS = ("model", "task", "task_version", "dataset", "split", "metric", "value", "ci_low", "ci_high", "n")
@@ -81,6 +87,20 @@ def task_result_path(out_dir: Path, task: str, model: str) -> Path:
 def safe_name(model: str) -> str:
     """A model name as a file name: path separators and ':' become '_'."""
     return "".join("_" if c in '/\\:' else c for c in model)
+
+
+def dataset_modality(name: str) -> str:
+    """What a dataset of plexbench.data holds: "text" when its registry entry declares text
+    features (`DatasetInfo.text`), else "image"; "" for a name the registry does not know.
+
+    >>> dataset_modality("fortunes"), dataset_modality("fashion_mnist"), dataset_modality("no_such_set")
+    ('text', 'image', '')
+    """
+    from plexbench.data.registry import DATASETS
+
+    if name not in DATASETS:
+        return ""
+    return "text" if DATASETS.get(name).is_text else "image"
 
 
 def row_document(row: "MetricRow", kind: "TaskKind", task: "TaskSpec | None") -> dict:
@@ -109,7 +129,7 @@ def task_document(*, task: "TaskSpec", kind: "TaskKind", model: str, result, num
         "format_version": FORMAT_VERSION, "task": task.name, "kind": task.kind, "version": task.version,
         "model": model, "dataset": dataset, "split": split, "metrics": metrics_map(rows, dataset), "rows": rows,
         "curves": result.curves, "info": result.info, "num_classes": num_classes,
-        "headline": [list(c) for c in kind.headline_columns(task, [(r["metric"], r["dataset"]) for r in rows])],
+        "modality": dataset_modality(task.dataset.name), "headline": [list(c) for c in kind.headline_columns(task, [(r["metric"], r["dataset"]) for r in rows])],
         "figures": list(kind.figures), **(extra or {}),
     }
 
@@ -137,8 +157,9 @@ def write_task_result(path: Path, doc: dict, rows: Sequence["MetricRow"] = ()) -
 
 
 def read_task_result(path: Path) -> dict | None:
-    """A task JSON (upgraded to the current format), or None when it is missing or unreadable
-    (the runner then recomputes it)."""
+    """A task JSON (upgraded to the current format, the modality of older ones from the run.json
+    of its results directory `<out>/tasks/<task>/<model>.json`), or None when it is missing or
+    unreadable (the runner then recomputes it)."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_json_constant)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -146,9 +167,22 @@ def read_task_result(path: Path) -> dict | None:
     if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
         return None
     try:
-        return upgrade_task_document(doc)
+        return upgrade_task_document(doc, run_dataset_names(Path(path).parent.parent.parent))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def run_dataset_names(results_dir: Path) -> dict[str, str]:
+    """{task: the registry name of its dataset} from `<results_dir>/run.json` (`tasks.<task>.spec`),
+    empty when the file is missing or unreadable: how older results get their modality."""
+    try:
+        run = json.loads((Path(results_dir) / "run.json").read_text(encoding="utf-8"), parse_constant=_json_constant)
+        tasks = run.get("tasks") or {}
+        return {str(t): str(doc["spec"]["dataset"]["name"]) for t, doc in tasks.items()
+                if isinstance(doc, dict) and isinstance((doc.get("spec") or {}).get("dataset"), dict)
+                and "name" in doc["spec"]["dataset"]}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def long_rows(doc: dict) -> list[dict]:
@@ -157,7 +191,7 @@ def long_rows(doc: dict) -> list[dict]:
              "category": r["category"], "dataset": r["dataset"], "split": r["split"], "metric": r["metric"],
              "value": r["value"], "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high"), "n": r["n"],
              "num_classes": r.get("num_classes", doc.get("num_classes")), "model_num_classes": doc.get("num_classes"),
-             "score_exclusion": r.get("score_exclusion", "")}
+             "score_exclusion": r.get("score_exclusion", ""), "modality": doc.get("modality", "")}
             for r in doc["rows"]]
 
 
@@ -181,7 +215,7 @@ def _cell(column: str, value) -> str:
     return str(value)
 
 
-# --------------------------------------------------------------------------- format 1 -> 2
+# --------------------------------------------------------------------------- formats 1 and 2 -> 3
 
 
 def _kind(name: str) -> "TaskKind | None":
@@ -192,11 +226,24 @@ def _kind(name: str) -> "TaskKind | None":
     return KINDS.get(name) if name in KINDS else None
 
 
-def upgrade_task_document(doc: dict) -> dict:
-    """A task JSON of format 1 in format 2 (rows gain category and score_exclusion; the document
-    gains headline and figures), from today's declarations of its kind; format 2 is returned as is."""
-    if int(doc.get("format_version", 1)) >= FORMAT_VERSION:
+def upgrade_task_document(doc: dict, dataset_names: dict[str, str] | None = None) -> dict:
+    """A task JSON of an older format in the current one; the current format is returned as is.
+
+    Format 1 -> 2: rows gain category and score_exclusion, the document headline and figures, from
+    today's declarations of its kind. Format 2 -> 3: the document gains `modality`, that of the
+    task's dataset as `dataset_names` ({task: registry name}, from run.json: `run_dataset_names`)
+    names it, else "" (unknown)."""
+    version = int(doc.get("format_version", 1))
+    if version >= FORMAT_VERSION:
         return doc
+    if version < 2:
+        doc = _upgrade_v1(doc)
+    name = (dataset_names or {}).get(str(doc.get("task")))
+    return {**doc, "format_version": FORMAT_VERSION, "modality": dataset_modality(name) if name else ""}
+
+
+def _upgrade_v1(doc: dict) -> dict:
+    """Format 1 -> 2 (see upgrade_task_document)."""
     kind = _kind(str(doc.get("kind", "")))
     rows = []
     for r in doc["rows"]:
@@ -206,7 +253,7 @@ def upgrade_task_document(doc: dict) -> dict:
         rows.append(r)
     pairs = [(r["metric"], r["dataset"]) for r in rows]
     headline = kind.headline_columns(None, pairs) if kind else []
-    return {**doc, "format_version": FORMAT_VERSION, "rows": rows, "headline": [list(c) for c in headline],
+    return {**doc, "format_version": 2, "rows": rows, "headline": [list(c) for c in headline],
             "figures": list(kind.figures) if kind else []}
 
 
@@ -219,14 +266,36 @@ def _category(kind: "TaskKind | None", metric: str) -> str:
     return info.category if info else ""
 
 
-def _upgrade_long(df: "pd.DataFrame", path: Path) -> "pd.DataFrame":
-    """Format 1 rows in format 2, with the kinds and model class counts of the task JSONs beside
-    the CSV (a row without its task JSON takes its category from the metric's declaration)."""
+def _docs_beside(path: Path) -> dict[tuple[str, str], dict]:
+    """(task, model) -> the task JSON (current format) of the results directory holding `path`."""
     docs = {}
     for p in sorted((path.parent / "tasks").glob("*/*.json")):
         doc = read_task_result(p)
         if doc is not None:
             docs[(str(doc.get("task")), str(doc.get("model")))] = doc
+    return docs
+
+
+def _add_modality(df: "pd.DataFrame", path: Path, docs: dict[tuple[str, str], dict] | None = None) -> "pd.DataFrame":
+    """Rows of format 1 or 2 with the `modality` column: the task JSON's (upgraded: see
+    `upgrade_task_document`), else that of the task's dataset in run.json, else ""."""
+    docs = _docs_beside(path) if docs is None else docs
+    names = run_dataset_names(path.parent)
+    modality = []
+    for task, model in zip(df["task"], df["model"]):
+        doc = docs.get((task, model))
+        if doc is not None:
+            modality.append(str(doc.get("modality", "")))
+        else:
+            modality.append(dataset_modality(names[task]) if task in names else "")
+    return df.assign(modality=modality)
+
+
+def _upgrade_long(df: "pd.DataFrame", path: Path) -> "pd.DataFrame":
+    """Format 1 rows in format 3, with the kinds, model class counts and modalities of the task
+    JSONs beside the CSV (a row without its task JSON takes its category from the metric's
+    declaration)."""
+    docs = _docs_beside(path)
     kinds, categories, exclusions, model_k = [], [], [], []
     for row in df.itertuples(index=False):
         doc = docs.get((row.task, row.model))
@@ -237,7 +306,8 @@ def _upgrade_long(df: "pd.DataFrame", path: Path) -> "pd.DataFrame":
         exclusions.append(kind.score_exclusion(None, row.metric, row.dataset) if kind else "")
         own = doc.get("num_classes") if doc else None
         model_k.append(str(own) if own is not None else getattr(row, "num_classes", ""))
-    return df.assign(kind=kinds, category=categories, model_num_classes=model_k, score_exclusion=exclusions)
+    df = df.assign(kind=kinds, category=categories, model_num_classes=model_k, score_exclusion=exclusions)
+    return _add_modality(df, path, docs)
 
 
 def user_selection(column: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> str:
@@ -276,6 +346,7 @@ class TaskRecord:
     headline: tuple[tuple[str, str], ...] = ()
     figures: tuple[str, ...] = ()
     replicates_file: Path | None = None  # bootstrap resamples of the scored rows (write_task_result)
+    modality: str = ""  # "image" / "text" / "" (unknown): what the task's dataset holds
 
 
 @dataclass
@@ -332,7 +403,8 @@ class Results:
 
 
 def read_long_csv(path: str | Path) -> "pd.DataFrame":
-    """Read, validate and (format 1) upgrade one `metrics_long.csv`.
+    """Read, validate and (formats 1 and 2) upgrade one `metrics_long.csv`; columns in
+    `LONG_COLUMNS` order (any others after them).
 
     Text columns stay strings exactly as written (a model called 'NA' stays 'NA'); `value`,
     `ci_low`, `ci_high` are float64 with empty cells (or `nan`) -> NaN; `n`, `num_classes` and
@@ -354,6 +426,8 @@ def read_long_csv(path: str | Path) -> "pd.DataFrame":
         raise PlexbenchError(f"{path} lacks columns {', '.join(missing)} (expected {', '.join(LONG_COLUMNS)})")
     if "category" not in df.columns:
         df = _upgrade_long(df, path)
+    elif "modality" not in df.columns:
+        df = _add_modality(df, path)
     for col in FLOAT_COLUMNS + tuple(c for c in COUNT_COLUMNS if c in df.columns):
         df[col] = _to_float(df[col], path, col)
     for col in COUNT_COLUMNS:  # counts: nullable integers when they are whole numbers
@@ -362,10 +436,10 @@ def read_long_csv(path: str | Path) -> "pd.DataFrame":
     empty = df[["model", "dataset", "metric"]].apply(lambda c: c.str.strip()).eq("").any(axis=1)
     if empty.any():
         raise PlexbenchError(f"{path} row {int(empty.idxmax()) + 2}: empty model, dataset or metric")
-    for col in ("kind", "category", "score_exclusion"):
+    for col in ("kind", "category", "score_exclusion", "modality"):
         if col not in df.columns:
             df[col] = ""
-    return df
+    return df[[c for c in LONG_COLUMNS if c in df.columns] + [c for c in df.columns if c not in LONG_COLUMNS]]
 
 
 def _to_float(col: "pd.Series", path: Path, name: str) -> "pd.Series":
@@ -383,10 +457,11 @@ def _to_float(col: "pd.Series", path: Path, name: str) -> "pd.Series":
 def read_task_records(results_dir: str | Path) -> list[TaskRecord]:
     """Every `tasks/<task>/<model>.json` under the directory, sorted by path."""
     out = []
+    names = run_dataset_names(Path(results_dir))
     for path in sorted(Path(results_dir).glob("tasks/*/*.json")):
         obj = _read_json(path)
         try:
-            doc = upgrade_task_document(obj) if isinstance(obj.get("rows"), list) else obj
+            doc = upgrade_task_document(obj, names) if isinstance(obj.get("rows"), list) else obj
             out.append(TaskRecord(
                 path=path, task=str(doc["task"]), kind=str(doc.get("kind", "")), version=str(doc.get("version", "")),
                 model=str(doc["model"]), dataset=str(doc.get("dataset", "")), split=str(doc.get("split", "")),
@@ -394,6 +469,7 @@ def read_task_records(results_dir: str | Path) -> list[TaskRecord]:
                 headline=tuple((str(m), str(d)) for m, d in doc.get("headline") or ()),
                 figures=tuple(str(f) for f in doc.get("figures") or ()),
                 replicates_file=path.parent / str(doc["replicates_file"]) if doc.get("replicates_file") else None,
+                modality=str(doc.get("modality", "")),
             ))
         except (KeyError, TypeError, ValueError) as e:
             raise PlexbenchError(f"{path}: malformed task result ({type(e).__name__}: {e})") from None

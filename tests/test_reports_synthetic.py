@@ -170,7 +170,8 @@ def test_reader_takes_the_synthetic_dir_as_written(tmp_path):
 
     d = write_results_dir(tmp_path / "run")
     r = load_results([d])
-    assert tuple(r.long.columns) == LONG_COLUMNS + ("results_dir",) and LONG_COLUMNS == tuple(V2_HEADER)
+    # format 2 as written, read as format 3: the modality column is added on read
+    assert tuple(r.long.columns) == LONG_COLUMNS + ("results_dir",) and LONG_COLUMNS == tuple(V2_HEADER) + ("modality",)
     # 3 models x (7 fashion_mnist + 4 OOD + 2 shift variants + 2 shift averages + 2 subpop + 3 paper
     # columns + 2 few-shot) rows
     assert len(r.long) == 3 * 22

@@ -222,11 +222,12 @@ def test_need_optional_flag():
 def test_long_csv_cells(tmp_path):
     rows = [{"model": "m", "task": "t", "task_version": 1, "kind": "calibration", "category": "uncertainty",
              "dataset": "d", "split": "test", "metric": "ece", "value": float("nan"), "ci_low": float("nan"),
-             "ci_high": 0.5, "n": 3, "num_classes": 10, "model_num_classes": 10, "score_exclusion": ""}]
+             "ci_high": 0.5, "n": 3, "num_classes": 10, "model_num_classes": 10, "score_exclusion": "",
+             "modality": "image"}]
     RS.write_long_csv(tmp_path / "m.csv", rows)
     lines = (tmp_path / "m.csv").read_text().splitlines()
     assert lines[0] == ",".join(RS.LONG_COLUMNS)
-    assert lines[1] == "m,t,1,calibration,uncertainty,d,test,ece,nan,,0.5,3,10,10,"
+    assert lines[1] == "m,t,1,calibration,uncertainty,d,test,ece,nan,,0.5,3,10,10,,image"
     assert RS.safe_name("pkg.mod:make") == "pkg.mod_make"
 
 

@@ -161,7 +161,7 @@ def test_results_directory_format(e2e):
     with open(out / "metrics_long.csv", newline="") as f:
         header = next(csv.reader(f))
     assert header == ["model", "task", "task_version", "kind", "category", "dataset", "split", "metric", "value",
-                      "ci_low", "ci_high", "n", "num_classes", "model_num_classes", "score_exclusion"]
+                      "ci_low", "ci_high", "n", "num_classes", "model_num_classes", "score_exclusion", "modality"]
     for task in E2E_TASKS:
         model = ZOO_6 if task in ("fmnist6_in_distribution", "fmnist_open_set") else ZOO_10
         doc = json.loads((out / "tasks" / task / f"{model}.json").read_text())

@@ -76,7 +76,7 @@ def run_leaderboard(args) -> int:
              or (several and c == "group")]
     print(format_table(lb.wide[lb.wide["kind"] == "run"][shown].to_dict("records")))
     if several:
-        print(f"scored within {len(lb.groups)} groups of models with the same number of classes: "
+        print(f"scored within {len(lb.groups)} groups of models with the same modality and number of classes: "
               + "; ".join(f"{g.title}: {', '.join(g.models)}" for g, _ in lb.groups))
     for model, note in (lb.notes or {}).items():
         print(f"{model}: {note}")

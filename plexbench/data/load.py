@@ -344,9 +344,14 @@ def dataset_fingerprint(name: str, split: str, data_dir=None) -> str:
       file bytes: TFDS serialises each example's feature map in no fixed order, so preparing the
       same data twice can give different files but always the same arrays and fingerprint;
     - for larger splits (ImageNet): the base split's shard file names and sizes only.
-    The data dir's path does not enter.
+    The data dir's path does not enter. Text datasets: plexbench.data.text.text_fingerprint (the
+    sha256 of their texts and classes).
     """
     info, folder = locate(name, data_dir)
+    if info.is_text:
+        from plexbench.data.text import text_fingerprint
+
+        return text_fingerprint(name, split, data_dir)
     rng = split_range(name, split, data_dir)
     record = {
         "dataset": info.name,

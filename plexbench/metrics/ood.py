@@ -4,7 +4,8 @@ Sign convention, one for every scorer: a HIGHER score means MORE likely OOD. In 
 metrics, OOD examples are the positive class (label 1), in-distribution examples 0.
 
 Scorers: `msp_score` = 1 - max p; `entropy_score` = -sum p log p (natural log, 0 log 0 = 0);
-`mlogit_score` = -max logit; `MahalanobisScorer` -> `maha`, `rmaha`. `msp_score` and
+`mlogit_score` = -max logit; `MahalanobisScorer` -> `maha`, `rmaha`; `gp_variance_score` = an
+SNGP head's predictive variance (mean over members). `msp_score` and
 `entropy_score` take probabilities (N, K) or an `ExampleStats` (they read its `conf` / `entropy`).
 
 Metrics, all from one sort of the scores, ties never split by a threshold:
@@ -61,6 +62,27 @@ def mlogit_score(logits) -> np.ndarray:
     for rows in row_chunks(source.num_examples, source.num_classes * source.num_members):
         out[rows] = source.mlogit(rows)
     return out
+
+
+def gp_variance_score(variance) -> np.ndarray:
+    """The SNGP head's predictive variance as an OOD score (spec §12), float64 (N,): `variance`
+    (N,) or (E, N), one row per ensemble member (a BatchEnsemble model's members each have their
+    own GP variance); members are averaged, mean_e var[e, i].
+
+    The variance is ridge * phi(h) P^-1 phi(h)^T of the example's random features phi(h) under the
+    Laplace precision P of the training features (plexbench.models.sngp): large far from the
+    training data, so it needs no sign change. Example: [[0.1, 0.4], [0.3, 0.2]] -> [0.2, 0.3].
+    """
+    arr = np.asarray(variance)
+    if arr.dtype == object or arr.dtype.kind not in "iuf" or arr.dtype.kind == "b":
+        raise PlexbenchError(f"GP variance must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2):
+        raise PlexbenchError(f"GP variance must be (N,) or (E, N), got shape {arr.shape}")
+    arr = arr[None] if arr.ndim == 1 else arr
+    C._check_nonempty(arr.T, "GP variance")
+    if not all_finite(arr):
+        raise PlexbenchError("GP variance contains NaN or inf")
+    return arr.astype(np.float64).mean(axis=0)
 
 
 # ----------------------------------------------------------------------------- Mahalanobis

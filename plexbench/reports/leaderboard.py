@@ -1,7 +1,7 @@
 """`plexbench leaderboard`: the models of one or more results directories, scored within groups.
 
 Models are scored, ranked and compared within their group (`plexbench.reports.model_groups`:
-models with the same number of classes ran the same tasks); each group has its own score over
+models of the same modality and number of classes ran the same tasks); each group has its own score over
 its own columns. Results with one group give one table, as before.
 
 Files written from an output path `X.csv` (all atomically, via plexbench.fileio):
@@ -50,7 +50,7 @@ CONVENTIONS = {
     "brier": "sum_k (p_k - y_k)^2 per example, averaged (range [0, 2])",
     "direction": "declared with each metric (plexbench.metrics.vocabulary); headers say (higher) or (lower); "
                  "(n/a) = not scored",
-    "groups": "models are scored and ranked within groups of the same number of classes (they ran the same tasks)",
+    "groups": "models are scored and ranked within groups of the same modality and number of classes (they ran the same tasks)",
     "scale": "scores and their interval bounds are x100; metric columns hold raw values",
 }
 
@@ -273,7 +273,7 @@ def _metric_rows(lb: Leaderboard, missing: str, text, bold) -> tuple[list[str], 
 
 def _describe(lb: Leaderboard) -> str:
     base = f"; scores relative to baseline {lb.baseline} (= 100)" if lb.baseline else ""
-    within = "; scored within groups of models with the same number of classes" if len(lb.groups) > 1 else ""
+    within = "; scored within groups of models with the same modality and number of classes" if len(lb.groups) > 1 else ""
     return f"Reliability score, preset {lb.preset}{base}{within}; scores x100"
 
 

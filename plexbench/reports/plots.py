@@ -589,8 +589,8 @@ def plot_results(dirs: Sequence[str | Path] | Results, out_dir: str | Path, *,
                  ) -> tuple[list[Path], list[str]]:
     """Draw every figure the results support, and a `figures.json` manifest per folder.
 
-    Models are drawn within their group (`plexbench.reports.model_groups`: the same number of
-    classes, so the same tasks): with more than one group (or `group_folders=True`) each group
+    Models are drawn within their group (`plexbench.reports.model_groups`: the same modality
+    and number of classes, so the same tasks): with more than one group (or `group_folders=True`) each group
     gets its own folder `out_dir/<group slug>/`, else everything goes into `out_dir`.
     Returns (written paths, notes naming each figure not drawn and why).
     """

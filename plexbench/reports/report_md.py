@@ -7,8 +7,9 @@ demo's stage timings `demo.json`. Nothing is recomputed from data or models.
 
 Sections, in order:
 
-1. **Reliability score**, per model group. Models are grouped by their number of classes K
-   (the `model_num_classes` column of `metrics_long.csv`; one group when it is unknown): the
+1. **Reliability score**, per model group. Models are grouped by their modality and number of
+   classes K (`plexbench.reports.model_groups`: the `modality` and `model_num_classes` columns of
+   `metrics_long.csv`; one group when K is unknown): the
    runner gives a 6-class model other tasks than a 10-class one, so a single ranking would
    compare numbers measured on different tasks (and the paper preset, which needs every
    column, would give every model NaN). Within a group both presets are computed with
@@ -128,7 +129,7 @@ def _score_section(results: Results, groups: Sequence[ModelGroup], results_dir: 
              "Scores x100 with their 95% interval (`bootstrap`: the score of every bootstrap resample of the "
              "tasks, columns without resamples held at their value; `conservative`: the mean of the columns' "
              "half-widths; see `plexbench.reports.reliability_score`), computed within "
-             "each group of models with the same number of classes (they ran the same tasks). Presets: `paper` "
+             "each group of models with the same modality and number of classes (they ran the same tasks). Presets: `paper` "
              "(the paper's score and quirks; NaN when a column is missing) and `plexbench` (every lower-is-better "
              "metric flipped). Definitions: `plexbench.reports.reliability_score`."]
     links = [f"[`{p.name}`]({p.name})" for p in (results_dir / f"leaderboard_{s}.md" for s in PRESETS) if p.is_file()]

@@ -52,7 +52,8 @@ from plexbench import results_schema as RS
 from plexbench.errors import PlexbenchError, shown
 from plexbench.tasks import registry as R
 from plexbench.tasks.kinds.base import EvalContext, Need, Split
-from plexbench.tasks.sources import FileModel, InferenceModel, ModelSource, Request, split_from_arrays
+from plexbench.tasks.sources import (FileModel, InferenceModel, ModelSource, Request, config_modality,
+                                     modality_mismatch, split_from_arrays)
 from plexbench.tasks.spec import SuiteSpec, TaskSpec
 
 
@@ -586,6 +587,7 @@ def dry_run(options: RunOptions) -> list[str]:
     else:
         lines.append("every dataset is prepared")
     lines += _dry_run_models(options, tasks)
+    lines += _inference_cost_lines(tasks, options, data_dir)
     lines += _training_cost_lines(tasks, options.models)
     return lines
 
@@ -602,12 +604,14 @@ def _dry_run_models(options: RunOptions, tasks: Sequence[TaskSpec]) -> list[str]
     unknown = sorted(set(options.checkpoints) - set(options.models))
     if unknown:
         raise PlexbenchError(f"--checkpoint given for {', '.join(unknown)}, which is not in --models")
+    reads: dict[str, str | None] = {}  # registry model -> the modality it reads
     models: list[tuple[str, int | None, str]] = []
     for name in options.models:
         entry = get_model(name)
         weights = name in options.checkpoints or (entry.checkpoint is not None and Path(entry.checkpoint).exists())
         source = "registry" if weights else f"registry, needs --checkpoint {name}=PATH"
         models.append((name, getattr(entry.config, "num_classes", None), source))
+        reads[name] = config_modality(entry.config)
     for spec in options.callables:
         if spec.count(":") != 1 or not all(spec.split(":")):
             raise PlexbenchError(f"--model {shown(spec)} is not of the form package.module:function")
@@ -619,7 +623,7 @@ def _dry_run_models(options: RunOptions, tasks: Sequence[TaskSpec]) -> list[str]
     lines = ["models:"]
     for name, k, source in models:
         if k is not None:
-            lines.append(f"  {name} ({source}, {k} classes): " + _tasks_for(tasks, name, k))
+            lines.append(f"  {name} ({source}, {k} classes): " + _tasks_for(tasks, name, k, reads.get(name)))
             continue
         needed = sorted({n for n in (R.get_kind(t.kind).num_classes(t) for t in tasks) if n is not None})
         lines.append(f"  {name} ({source}): classes known after its first forward pass; "
@@ -627,9 +631,63 @@ def _dry_run_models(options: RunOptions, tasks: Sequence[TaskSpec]) -> list[str]
     return lines
 
 
-def _tasks_for(tasks: Sequence[TaskSpec], name: str, k: int) -> str:
-    runs = [t.name for t in tasks if fit_reason(t, name, k) is None]
-    return f"runs {len(runs)} of {len(tasks)} tasks ({', '.join(runs) or 'none'})"
+def _tasks_for(tasks: Sequence[TaskSpec], name: str, k: int, reads: str | None = None) -> str:
+    runs = [t.name for t in _runnable(tasks, name, k, reads)]
+    text = f"runs {len(runs)} of {len(tasks)} tasks ({', '.join(runs) or 'none'})"
+    if not runs and tasks:  # say why, once per reason
+        why = dict.fromkeys(_dry_reason(t, name, k, reads) for t in tasks)
+        text += "; " + "; ".join(r for r in why if r)
+    return text
+
+
+def _dry_reason(task: TaskSpec, name: str, k: int | None, reads: str | None) -> str | None:
+    """Why a registry model (K classes, reading `reads`) does not run `task`, decided as `run`
+    does without inference: `fit_reason`, then a dataset of the other modality (`modality_mismatch`)."""
+    why = fit_reason(task, name, k)
+    if why is None:
+        for need in R.get_kind(task.kind).needs(task):
+            why = why or modality_mismatch(name, reads, need.ref.name)
+    return why
+
+
+def _runnable(tasks: Sequence[TaskSpec], name: str, k: int | None, reads: str | None) -> list[TaskSpec]:
+    return [t for t in tasks if _dry_reason(t, name, k, reads) is None]
+
+
+def _inference_cost_lines(tasks: Sequence[TaskSpec], options: RunOptions, data_dir: Path) -> list[str]:
+    """Per registry model: the forward passes its tasks need, planned as `run` plans them (each
+    (dataset, split, preprocessing) once, over the largest prefix any task reads: `plan_requests`),
+    their example counts (prepared splits; --limit and task limits applied) and the forward matmul
+    FLOPs, FLOPs per example (plexbench.models.flops, all members) x examples. Unprepared splits
+    are named, their size unknown until prepared (not in the total)."""
+    from plexbench.data import registry as D
+    from plexbench.data.load import num_examples
+    from plexbench.models.flops import flops_per_example
+    from plexbench.models.registry import MODELS
+
+    lines = []
+    for name in options.models:
+        if name not in MODELS:
+            continue
+        config = MODELS.get(name).config
+        runs = _runnable(tasks, name, config.num_classes, config_modality(config))
+        if not runs:
+            continue
+        per_example = float(flops_per_example(config)["total"])
+        examples, unknown = 0, []
+        for req in plan_requests(runs, options).values():
+            if not D.is_available(req.dataset, data_dir):
+                unknown.append(f"{req.dataset}:{req.split}")
+                continue
+            n = num_examples(req.dataset, req.split, data_dir)
+            examples += n if req.n is None else min(n, req.n)
+        text = f"  {name} ({len(runs)} task(s), {per_example:.3g} FLOPs per example): "
+        if examples:
+            text += f"{examples:,} examples = {examples * per_example:.3g} FLOPs"
+        if unknown:
+            text += ("; plus " if examples else "") + f"split(s) not prepared, size unknown: {', '.join(unknown)}"
+        lines.append(text)
+    return ["inference (forward matmul FLOPs, each split inferred once):"] + lines if lines else []
 
 
 def _training_cost_lines(tasks: Sequence[TaskSpec], models: Sequence[str]) -> list[str]:

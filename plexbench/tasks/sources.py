@@ -30,6 +30,7 @@ import numpy as np
 
 from plexbench import fileio
 from plexbench.errors import PlexbenchError
+from plexbench.inference.store import EXTRA_OUTPUTS
 from plexbench.tasks.kinds.base import Split
 from plexbench.tasks.spec import DatasetRef
 
@@ -51,6 +52,9 @@ class Request:
 
 
 _MEMBER_AXIS_KEYS = ("member_logits", "member_probs")
+# Per-member model outputs (E, N) besides the prediction-format arrays, passed through to the kinds
+# as `Split.extras`: the store's EXTRA_OUTPUTS (an SNGP head's `gp_variance`).
+EXTRA_KEYS = EXTRA_OUTPUTS
 
 
 def take_rows(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
@@ -63,7 +67,7 @@ def take_rows(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.
         if np.ndim(value) == 0:
             out[key] = value
             continue
-        axis = 1 if key in _MEMBER_AXIS_KEYS or (key == "embeddings" and value.ndim == 3) else 0
+        axis = 1 if key in _MEMBER_AXIS_KEYS + EXTRA_KEYS or (key == "embeddings" and value.ndim == 3) else 0
         out[key] = np.take(value, index, axis=axis)
     return out
 
@@ -98,7 +102,8 @@ def check_row_order(where: str, ids: np.ndarray | None, labels: np.ndarray | Non
 def split_from_arrays(ref: DatasetRef, arrays: dict[str, np.ndarray], n: int | None) -> Split:
     """A Split of `ref` from prediction-format-v1 arrays of its split (`labels` required; `ids`
     default 0..N-1): the first `n` rows (`ref.limit` applies too), then the class filter, then
-    validation into `plexbench.metrics.predictions.Predictions`.
+    validation into `plexbench.metrics.predictions.Predictions`. `EXTRA_KEYS` arrays (E, N) among
+    them (an InferenceModel's SNGP variance) become the Split's `extras`, cut the same way.
 
     Labels are kept apart from the Predictions (built without targets): OOD data may carry labels
     outside the model's classes (open-set: classes 6-9 for a 6-class model).
@@ -123,13 +128,41 @@ def split_from_arrays(ref: DatasetRef, arrays: dict[str, np.ndarray], n: int | N
     labels = np.asarray(arrays.pop("labels")).astype(np.int64)
     ids = np.asarray(arrays["ids"]).astype(np.int64)
     arrays.pop("soft_labels", None)
+    extras = {key: np.asarray(arrays.pop(key)) for key in EXTRA_KEYS if key in arrays}
     preds = Predictions.from_arrays(arrays, require_labels=False)
-    return Split(ref, labels, preds.log_probs, ids, preds.logits, preds.embeddings)
+    return Split(ref, labels, preds.log_probs, ids, preds.logits, preds.embeddings, extras=extras)
 
 
 def _min_limit(*limits: int | None) -> int | None:
     given = [x for x in limits if x is not None]
     return min(given) if given else None
+
+
+def config_modality(config) -> str | None:
+    """What a registry model reads: "text" for a T5 config (plexbench.models.t5_config.T5Config),
+    "image" for a ViT config (plexbench.models.config.ModelConfig), None for no config."""
+    if config is None:
+        return None
+    from plexbench.models.t5_config import T5Config
+
+    return "text" if isinstance(config, T5Config) else "image"
+
+
+def modality_mismatch(model: str, reads: str | None, dataset: str) -> str | None:
+    """Why a model reading `reads` ("text" / "image" / None = unknown) cannot be run on `dataset`
+    (it holds the other modality: plexbench.results_schema.dataset_modality), or None.
+
+    E.g. t5-plex-mini (6 classes, like the 6-class Fashion-MNIST models) on fashion_mnist:
+    "model t5-plex-mini reads text; dataset fashion_mnist holds images"."""
+    from plexbench.results_schema import dataset_modality
+
+    holds = dataset_modality(dataset)
+    if reads is None or not holds or reads == holds:
+        return None
+    return f"model {model} reads {_NOUNS.get(reads, reads)}; dataset {dataset} holds {_NOUNS.get(holds, holds)}"
+
+
+_NOUNS = {"image": "images", "text": "text"}
 
 
 class ModelSource(abc.ABC):
@@ -183,6 +216,15 @@ class InferenceModel(ModelSource):
     def identity(self) -> dict:
         return dict(self.handle.identity)
 
+    def input_modality(self) -> str | None:
+        """What the model reads (`config_modality`); None for a user callable (any dataset is tried)."""
+        return config_modality(self.config)
+
+    def missing(self, request: Request) -> str | None:
+        """A dataset of the other modality cannot be served (`modality_mismatch`); the runner skips
+        the task with this reason before any inference."""
+        return modality_mismatch(self.name, self.input_modality(), request.dataset)
+
     def trainable(self):
         """A TrainableModel sharing the handle's lazily loaded parameters; None without a
         plexbench ViT config (user callables: their module cannot be given a fresh head)."""
@@ -225,7 +267,8 @@ class InferenceModel(ModelSource):
             self._first = (request, options.data_dir)
         from plexbench.inference.convert import prediction_arrays
 
-        return {**prediction_arrays(entry), "ids": entry.ids}
+        extras = {key: value for key, value in entry.extras.items() if key in EXTRA_KEYS}
+        return {**prediction_arrays(entry), "ids": entry.ids, **extras}
 
     def info(self, store_dir=None, known: dict | None = None) -> dict:
         out = super().info()

@@ -77,6 +77,9 @@ class Split:
     when the caller already has them (`plexbench score` keeps only those: `log_probs` is None then,
     and `ids` too unless its file has them; the kinds it runs read neither); otherwise `split_stats`
     computes them from `log_probs` once per Split.
+    `extras`: further per-member outputs of the model, {name: float (E, N)}, when it returned any
+    (plexbench.inference.store.EXTRA_OUTPUTS: `gp_variance`, an SNGP head's predictive variance);
+    empty for prediction files, whose format has none.
     """
 
     ref: DatasetRef
@@ -86,6 +89,7 @@ class Split:
     logits: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     stats: Any = field(default=None, compare=False, repr=False)
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n(self) -> int:
@@ -102,7 +106,8 @@ class Split:
             return None if a is None else np.take(a, np.flatnonzero(index) if index.dtype == bool else index, axis)
         stats = None if self.stats is None else self.stats.take(index)
         return Split(self.ref, rows(self.labels, 0), rows(self.log_probs, 0), rows(self.ids, 0),
-                     rows(self.logits, 1), rows(self.embeddings, 1), stats)
+                     rows(self.logits, 1), rows(self.embeddings, 1), stats,
+                     {name: rows(value, 1) for name, value in self.extras.items()})
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,11 @@ from plexbench.tasks.kinds.base import (EvalContext, Need, Split, TaskKind, Task
 from plexbench.tasks.registry import register_kind
 from plexbench.tasks.spec import POSITIVE, DatasetRef, FieldError, SplitRole, TaskSpec
 
-SCORERS = ("msp", "entropy", "mlogit", "maha", "rmaha")
+SCORERS = ("msp", "entropy", "mlogit", "maha", "rmaha")  # the default `scorers`
 EMBEDDING_SCORERS = ("maha", "rmaha")
-Scorer = Literal["msp", "entropy", "mlogit", "maha", "rmaha"]
+# Scorers read from a model output of their own (Split.extras), asked for by name: scorer -> output.
+EXTRA_SCORERS = {"gp_variance": "gp_variance"}
+Scorer = Literal["msp", "entropy", "mlogit", "maha", "rmaha", "gp_variance"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,10 @@ class OODParams:
     """- `ood`: the OOD dataset references (default split: test).
     - `scorers`: OOD scores, higher = more OOD (plexbench.metrics): msp = 1 - max p,
       entropy = -sum p log p, mlogit = -max logit, maha / rmaha = (relative) Mahalanobis distance
-      on pre-logits, fitted on the in-distribution dataset's `fit_split`.
+      on pre-logits (a T5's final decoder hidden state), fitted on the in-distribution dataset's
+      `fit_split`; gp_variance = an SNGP head's predictive variance, mean over members
+      (plexbench.metrics.ood.gp_variance_score; not a default: only models with an SNGP head
+      have it, the others skip it with the reason).
     - `fit_split`, `fit_limit`: the Mahalanobis fit uses the first `fit_limit` examples (dataset
       order; all when left out) of that split, with the in-distribution reference's class filter
       and preprocessing. Only read when a Mahalanobis scorer is asked for.
@@ -57,7 +62,8 @@ class OOD(TaskKind):
     """Rows `ood/<ood label>/<scorer>/<auroc|auprc|fpr95>` with OOD as the positive class
     (in-distribution 0, OOD 1); `dataset` is the in-distribution label, n = in + OOD examples. A
     scorer whose input the predictions lack (mlogit without logits, maha without pre-logits, e.g.
-    from prediction files) is left out and named in the result's `info.skipped_scorers`.
+    from prediction files; gp_variance from a model without an SNGP head) is left out and named
+    in the result's `info.skipped_scorers` with the reason.
     Intervals: stratified bootstrap, the in-distribution rows resampled with the task seed (the
     same draws for every OOD set and scorer) and the rows of the j-th OOD set (0-based) on their
     own with stream 1 + j of it (plexbench.metrics.bootstrap); each scorer's scores are sorted once
@@ -67,9 +73,20 @@ class OOD(TaskKind):
     metrics = ("auroc", "auprc", "fpr95")
     summary = "OOD detection (near/far, open-set): msp, entropy, mlogit, (relative) Mahalanobis; AUROC, AUPRC, FPR@95"
     category = "uncertainty"
-    headline = ("ood/*/msp/auroc", "ood/*/entropy/auroc", "ood/*/mlogit/auroc", "ood/*/maha/auroc",
+    headline = ("ood/*/msp/auroc", "ood/*/gp_variance/auroc", "ood/*/entropy/auroc", "ood/*/mlogit/auroc",
+                "ood/*/maha/auroc",
                 "ood/*/rmaha/auroc", "ood/*/msp/fpr95")
     figures = ("ood_roc", "ood_hist")
+
+    def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
+        """Rows of a scorer that only some models have (gp_variance: SNGP heads) are reported but
+        not scored: a reliability score compares models on the same columns (the paper preset
+        needs every column), and a model without the head would lack them. Rows are named
+        `ood/<label>/<scorer>/<metric>` by this kind (labels have no '/')."""
+        parts = metric.split("/")
+        if len(parts) == 4 and parts[0] == "ood" and parts[2] in EXTRA_SCORERS:
+            return f"{parts[2]}: a scorer only models with an SNGP head have"
+        return ""
 
     def validate(self, task: TaskSpec) -> None:
         p = task.params
@@ -151,6 +168,9 @@ def _missing_inputs(scorers, inputs: Mapping[str, Split]) -> dict[str, str]:
             skipped[s] = "predictions without pre-logits"
         if s in EMBEDDING_SCORERS and "fit" not in inputs:
             skipped[s] = "no predictions on the fit split"
+        if s in EXTRA_SCORERS and not all(EXTRA_SCORERS[s] in split.extras
+                                          for role, split in inputs.items() if role != "fit"):
+            skipped[s] = f"predictions without {EXTRA_SCORERS[s]} (the model has no SNGP head)"
     return skipped
 
 
@@ -172,4 +192,8 @@ def ood_scores(split: Split, scorers, maha) -> dict[str, np.ndarray]:
         for s in EMBEDDING_SCORERS:
             if s in scorers:
                 out[s] = distances[s]
+    if "gp_variance" in scorers:
+        from plexbench.metrics.ood import gp_variance_score
+
+        out["gp_variance"] = gp_variance_score(split.extras[EXTRA_SCORERS["gp_variance"]])
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
