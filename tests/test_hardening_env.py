@@ -206,11 +206,15 @@ def test_dry_run_rejects_unknown_models_and_says_which_tasks_run(data_dir, capsy
                          "--model", "mymodel:make", "--dry-run", "--data-dir", data_dir)
     assert code == 0, err
     ten = ["fmnist_in_distribution", "fmnist_calibration", "fmnist_selective_prediction", "fmnist_covariate_shift",
-           "fmnist_subpopulation", "fmnist_ood_digits", "fmnist_few_shot"]
-    six = ["fmnist6_in_distribution", "fmnist_open_set", "fmnist_few_shot"]
-    assert f"plex-mini (registry, 10 classes): runs 7 of 9 tasks ({', '.join(ten)})" in out
-    assert f"det-mini-fmnist6 (registry, 6 classes): runs 3 of 9 tasks ({', '.join(six)})" in out
-    assert "mymodel:make (callable, not imported by --dry-run)" in out and "with 10 classes: runs 7" in out
+           "fmnist_subpopulation", "fmnist_ood_digits", "fmnist_few_shot", "fmnist_label_noise_detection",
+           "digits_label_noise_detection", "fmnist_label_noise_robustness", "digits_label_noise_robustness",
+           "fmnist_active_learning", "digits_active_learning"]
+    six = ["fmnist6_in_distribution", "fmnist_open_set", "fmnist_few_shot", "digits_label_noise_detection",
+           "fmnist_label_noise_robustness", "digits_label_noise_robustness"]
+    # An image model never runs the fortunes (text) tasks; digits_active_learning names its models.
+    assert f"plex-mini (registry, 10 classes): runs 13 of 20 tasks ({', '.join(ten)})" in out
+    assert f"det-mini-fmnist6 (registry, 6 classes): runs 6 of 20 tasks ({', '.join(six)})" in out
+    assert "mymodel:make (callable, not imported by --dry-run)" in out and "with 10 classes: runs 12" in out
     code, out, err = cli(capsys, "run", "--suite", "plex-vision", "--models", "plex-vit-l32-imagenet", "--dry-run",
                          "--data-dir", data_dir)
     assert code == 0 and "needs --checkpoint plex-vit-l32-imagenet=PATH, 1000 classes): runs" in out
