@@ -7,14 +7,15 @@ regenerates the reference itself (then there is nothing to compare with).
 
 Stages, each calling the library directly (no subprocess), each printing one line:
 
-1. data: prepare every dataset the suite's tasks read (Fashion-MNIST, digits and the 75
-   Fashion-MNIST-C configs for `embedded`), through the data registry; prepared ones are skipped;
+1. data: prepare every dataset the suite's tasks read (Fashion-MNIST, digits, the 75
+   Fashion-MNIST-C configs and the fortunes texts for `embedded`), through the data registry;
+   prepared ones are skipped;
 2. run: `plexbench.tasks.runner.run` of the suite over the zoo models (prediction store, reuse of
    finished results);
 3. leaderboard: `leaderboard_paper.*` and `leaderboard_plexbench.*` (as `plexbench leaderboard`);
-4. plots: `plexbench.reports.plots.plot_results` once per model group (models with the same number
-   of classes, see `plexbench.reports.report_md.model_groups`) into `plots/<group>/`, so the radar and
-   the score-vs-cost figures compare models that ran the same tasks;
+4. plots: `plexbench.reports.plots.plot_results` once per model group (models with the same input
+   modality and number of classes, see `plexbench.reports.model_groups`) into `plots/<group>/`, so
+   the radar and the score-vs-cost figures compare models that ran the same tasks;
 5. compare: `reproducibility.json`, the verdict against the reference directory (skipped when the
    reference is missing or is the output directory itself);
 6. report: `demo.json` (this run's stage timings, appended to the earlier runs' ones) and
@@ -40,7 +41,8 @@ from plexbench.errors import PlexbenchError
 
 
 SUITE = "embedded"
-ZOO_MODELS = ("plex-mini", "det-mini", "plex-mini-fmnist6", "det-mini-fmnist6")
+# The vision zoo (Fashion-MNIST) and the language zoo (fortunes); each model runs the suite tasks of its modality.
+ZOO_MODELS = ("plex-mini", "det-mini", "plex-mini-fmnist6", "det-mini-fmnist6", "t5-plex-mini", "t5-det-mini")
 PRESETS = ("paper", "plexbench")
 STAGES = ("data", "run", "leaderboard", "plots", "compare", "report")
 DEFAULT_OUT = Path("results") / "demo"  # untracked: the demo never rewrites the committed reference

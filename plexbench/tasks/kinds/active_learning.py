@@ -150,6 +150,10 @@ class ActiveLearning(TaskKind):
     headline = (f"active_learning/*/{AREA}/accuracy",)
     figures = ("active_learning",)
 
+    def declared_metric(self, selector: str) -> str:
+        # `area` selects the normalised area under the accuracy curve: rows active_learning/<acq>/area/accuracy
+        return f"active_learning/margin/{AREA}/accuracy" if selector == AREA else selector
+
     def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
         """Only the curve's area is scored (module docstring)."""
         parts = metric.split("/")

@@ -188,6 +188,11 @@ class TaskKind(abc.ABC):
     headline: tuple[str, ...] = ()  # metric names / fnmatch patterns shown in report tables, in order
     figures: tuple[str, ...] = ()  # figure kinds (plexbench.reports.plots) drawn from this kind's curves
 
+    def declared_metric(self, selector: str) -> str:
+        """A full metric name of the rows that `metrics:` selector `selector` produces, for looking up
+        its declaration (plexbench.metrics.vocabulary). Default: the selector itself."""
+        return selector
+
     def row_category(self, task: TaskSpec | None, metric: str) -> str:
         """The reliability category of a row (`task` is None when converting format-1 results).
 

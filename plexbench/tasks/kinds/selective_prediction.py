@@ -49,6 +49,9 @@ class SelectivePrediction(TaskKind):
     headline = ("oc_acc@1%", "oc_acc@5%", "aurc", "eaurc")
     figures = ("risk_coverage",)
 
+    def declared_metric(self, selector: str) -> str:
+        return "oc_acc@1%" if selector == "oc_acc" else selector  # `oc_acc` selects oc_acc@<fraction> rows
+
     def validate(self, task: TaskSpec) -> None:
         if len(set(task.params.fractions)) != len(task.params.fractions):
             raise FieldError("params.fractions", "distinct fractions", list(task.params.fractions))
