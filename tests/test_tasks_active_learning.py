@@ -286,9 +286,10 @@ def test_probe_mode_first_round_equals_sklearn_probes_on_direct_pre_logits(probe
     assert {"active_learning/margin/10/accuracy", "active_learning/margin/30/accuracy", "active_learning/margin/30/nll",
             "active_learning/uniform/area/accuracy"} <= set(rows)
     assert not any("bald" in m for m in rows)
-    # declared facts: every row is adaptation; only the curve's area is scored
+    # declared facts: every row is adaptation; only the margin curve's area is scored
     assert {r["category"] for r in rows.values()} == {"adaptation"}
-    assert rows["active_learning/uniform/area/accuracy"]["score_exclusion"] == ""
+    assert [m for m, r in rows.items() if r["score_exclusion"] == ""] == ["active_learning/margin/area/accuracy"]
+    assert rows["active_learning/uniform/area/accuracy"]["score_exclusion"].startswith("the score takes the margin")
     assert rows["active_learning/margin/10/accuracy"]["score_exclusion"].startswith("a point of the active-learning")
 
 

@@ -406,7 +406,14 @@ def fit_reason(task: TaskSpec, name: str, k: int | None) -> str | None:
 
 
 def _skip_reason(task, model: ModelSource, kind, missing) -> str | None:
-    """Why `task` does not run for `model` (decided without inference), or None."""
+    """Why `task` does not run for `model` (decided without inference), or None.
+
+    A dataset of the other modality is the first reason given: it says more than a class count
+    that happens to differ (a text model never runs an image task, whatever its K)."""
+    for need in kind.needs(task):
+        why = modality_mismatch(model.name, model.input_modality(), need.ref.name)
+        if why and not need.optional:
+            return why
     fit = fit_reason(task, model.name, model.num_classes())
     if fit is not None:
         return fit

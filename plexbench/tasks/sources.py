@@ -187,6 +187,10 @@ class ModelSource(abc.ABC):
         """Why the request cannot be served (None if it can) without computing anything."""
         return None
 
+    def input_modality(self) -> str | None:
+        """What the model reads ("image" / "text"), None when unknown (then any dataset is tried)."""
+        return None
+
     def trainable(self):
         """The plexbench.training.TrainableModel handed to kinds that adapt the model (the
         contract in plexbench.tasks.kinds.base), or None when this model cannot be trained."""

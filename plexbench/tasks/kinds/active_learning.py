@@ -29,9 +29,12 @@ Rows (`dataset` = the test label; `num_classes` = the pool dataset's K, the adap
   (trapezoid rule over the labelled sizes) divided by (max - initial), i.e. the mean accuracy
   over the budget range (the accuracy itself when there is one size); mean, min and max over
   seeds.
-Every row is in the `adaptation` category. The reliability score takes one column per
-acquisition, the curve's area; the points of the curve and the final NLL / ECE are reported with
-a `score_exclusion` (they would weigh the curve many times over).
+Every row is in the `adaptation` category. The reliability score takes ONE column per task: the
+curve's area of the `margin` acquisition (SCORED_ACQUISITION, the acquisition of the paper's
+radar). Every other row carries a `score_exclusion`: the points of the curve and the final NLL /
+ECE would weigh the curve many times over, and one column per acquisition would weigh a task by
+the number of acquisitions it sweeps (and leave E = 1 models, which have no `bald`, with a
+missing column).
 Curves: `active_learning` {"labels": [...], "mode", "selection", "skipped": {acq: reason},
 "acquisitions": {acq: {"seeds": [...], "accuracy" / "nll" / "ece": [[per seed, per size]],
 "rounds": [[per-round facts: steps, best_step, validation_accuracy / l2]]}}}.
@@ -57,6 +60,7 @@ from plexbench.tasks.spec import POSITIVE, DatasetRef, FieldError, TaskSpec
 
 Acquisition = Literal["uniform", "entropy", "margin", "msp", "bald", "density"]
 AREA = "area"  # active_learning/<acquisition>/area/accuracy: the normalised area under the curve
+SCORED_ACQUISITION = "margin"  # the one acquisition whose area enters the reliability score (docstring)
 PAPER_SEEDS = (189, 827, 905, 964, 952)  # spec §6
 
 
@@ -155,10 +159,12 @@ class ActiveLearning(TaskKind):
         return f"active_learning/margin/{AREA}/accuracy" if selector == AREA else selector
 
     def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
-        """Only the curve's area is scored (module docstring)."""
+        """Only the curve's area of the margin acquisition is scored (module docstring)."""
         parts = metric.split("/")
         if len(parts) == 4 and parts[0] == "active_learning" and parts[2] != AREA:
             return "a point of the active-learning curve (its area is scored)"
+        if len(parts) == 4 and parts[0] == "active_learning" and parts[1] != SCORED_ACQUISITION:
+            return f"the score takes the {SCORED_ACQUISITION} acquisition's area (the paper's radar); others are reported"
         return ""
 
     def validate(self, task: TaskSpec) -> None:
