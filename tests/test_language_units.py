@@ -16,7 +16,7 @@ from plexbench.errors import PlexbenchError
 from plexbench.metrics.ood import gp_variance_score
 from plexbench.reports.model_groups import model_groups, model_modalities
 from plexbench.results_schema import dataset_modality
-from plexbench.tasks.kinds.base import EvalContext, Split
+from plexbench.tasks.kinds.base import EvalContext
 from plexbench.tasks.registry import get_kind, parse_task
 from plexbench.tasks.sources import modality_mismatch, split_from_arrays
 from plexbench.tasks.spec import DatasetRef

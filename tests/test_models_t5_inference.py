@@ -7,7 +7,6 @@ from __future__ import annotations
 import fcntl
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
