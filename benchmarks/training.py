@@ -46,20 +46,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def matmul_peak(n: int = 2048, reps: int = 8) -> float:
-    """Best FLOP/s (2 n^3 / seconds) of a jitted float32 (n, n) @ (n, n) matmul."""
-    import jax
-    import jax.numpy as jnp
+def matmul_peak() -> float:
+    """Best FLOP/s of a jitted float32 2048^2 matmul: benchmarks/inference.py's measurement (this
+    script's directory is first on sys.path when it runs as a script)."""
+    from inference import matmul_peak as peak
 
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return peak("float32", 2048)
 
 
 # ----------------------------------------------------------------------------- probes

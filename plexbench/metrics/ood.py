@@ -73,11 +73,7 @@ def gp_variance_score(variance) -> np.ndarray:
     Laplace precision P of the training features (plexbench.models.sngp): large far from the
     training data, so it needs no sign change. Example: [[0.1, 0.4], [0.3, 0.2]] -> [0.2, 0.3].
     """
-    arr = np.asarray(variance)
-    if arr.dtype == object or arr.dtype.kind not in "iuf" or arr.dtype.kind == "b":
-        raise PlexbenchError(f"GP variance must be real numbers, got dtype {arr.dtype}")
-    if arr.ndim not in (1, 2):
-        raise PlexbenchError(f"GP variance must be (N,) or (E, N), got shape {arr.shape}")
+    arr = _real_array(variance, "GP variance", (1, 2), "be (N,) or (E, N)")
     arr = arr[None] if arr.ndim == 1 else arr
     C._check_nonempty(arr.T, "GP variance")
     if not all_finite(arr):
@@ -140,13 +136,19 @@ class _MemberFit:
         return d_all, np.einsum("nd,nd->n", z0, z0)
 
 
-def _as_members(embeddings, name: str) -> np.ndarray:
-    """(E, N, D) view of finite real embeddings (N, D) or (E, N, D), in their own dtype."""
-    arr = np.asarray(embeddings)
+def _real_array(values, name: str, ndims: tuple[int, ...], shape_rule: str) -> np.ndarray:
+    """`values` as an array of real numbers with one of `ndims` dimensions, else a one-line error."""
+    arr = np.asarray(values)
     if arr.dtype == object or arr.dtype.kind not in "iuf" or arr.dtype.kind == "b":
         raise PlexbenchError(f"{name} must be real numbers, got dtype {arr.dtype}")
-    if arr.ndim not in (2, 3):
-        raise PlexbenchError(f"{name} must have 2 or 3 dimensions, got shape {arr.shape}")
+    if arr.ndim not in ndims:
+        raise PlexbenchError(f"{name} must {shape_rule}, got shape {arr.shape}")
+    return arr
+
+
+def _as_members(embeddings, name: str) -> np.ndarray:
+    """(E, N, D) view of finite real embeddings (N, D) or (E, N, D), in their own dtype."""
+    arr = _real_array(embeddings, name, (2, 3), "have 2 or 3 dimensions")
     arr = arr[None] if arr.ndim == 2 else arr
     C._check_nonempty(arr[0], name)
     if not all_finite(arr.reshape(-1, arr.shape[-1])):
