@@ -346,8 +346,12 @@ def _provenance_section(run: dict) -> str:
         lines.append(f"- {len(datasets)} dataset splits, each with its content fingerprint in `run.json` (`datasets`)")
     skipped = run.get("skipped") or []
     if skipped:
-        reasons = sorted({s.get("reason", "") for s in skipped})
-        lines.append(f"- {len(skipped)} (task, model) pairs skipped by design: " + "; ".join(reasons))
+        counts: dict[str, int] = {}
+        for s in skipped:
+            counts[s.get("reason", "")] = counts.get(s.get("reason", ""), 0) + 1
+        # one sub-item per reason: reasons contain ';' themselves, so they are not joined into one line
+        lines.append(f"- {len(skipped)} (task, model) pairs skipped by design (the runner's reasons, `run.json` `skipped`):")
+        lines += [f"  - {n} x {reason}" for reason, n in sorted(counts.items())]
     return "\n".join(lines) + "\n"
 
 
