@@ -290,5 +290,21 @@ def test_demo_smoke_run_then_everything_reused(data_dir, tmp_path, capsys):
     assert set(demo["stages"]) == {"data", "run", "leaderboard", "plots", "compare", "report"}
     rows = sum(1 for _ in open(out / "metrics_long.csv")) - 1
     assert demo["reproducibility"] == {"compared": rows, "reproduced": rows, "differ": 0, "missing": 0}
-    assert f"reproducibility: {rows} of {rows} reference values reproduced" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"reproducibility: {rows} of {rows} reference values reproduced" in printed
     assert "## Reproducibility" in (out / "report.md").read_text()
+
+    # the figures were kept (nothing they are drawn from changed), byte for byte; a deleted figure,
+    # or a changed result, makes the next demo draw them again
+    assert "kept: results and plotting code unchanged" in printed
+    figure = out / "plots/fashion_mnist/reliability_fmnist_calibration_fashion_mnist.png"
+    assert figure.read_bytes() == (reference / figure.relative_to(out)).read_bytes()
+    figure.unlink()
+    assert main(args) == 0
+    assert "kept:" not in capsys.readouterr().out and figure.is_file()
+    from plexbench.commands.demo import plots_key
+
+    key = plots_key(out)
+    task_json = out / "tasks/fmnist_calibration/det-mini.json"
+    task_json.write_text(task_json.read_text().replace('"curves"', '"curves" ', 1))
+    assert plots_key(out) != key

@@ -22,7 +22,9 @@ Stages, each calling the library directly (no subprocess), each printing one lin
    `report.md` (`plexbench.reports.report_md.write_report`).
 
 Files the previous demo drew (listed in `demo.json`) and did not draw again are removed, so
-`plots/` never shows a stale figure; other files in the directory are never touched.
+`plots/` never shows a stale figure; other files in the directory are never touched. When nothing
+the figures are drawn from changed since the previous demo drew them (`plots_key`: results, run.json's
+models, plotting code, matplotlib version) and its files are all there, they are kept, not redrawn.
 """
 
 from __future__ import annotations
@@ -170,12 +172,22 @@ def demo(options: DemoOptions, extra_models: Sequence = ()) -> DemoRecord:
         written = write_leaderboards(out)
         say("wrote " + ", ".join(p.name for p in written))
     with _stage(record, "plots") as say:
-        plots, notes = draw_plots(out)
-        removed = remove_stale(out, previous.get("plots") or [], plots)
-        record.facts["plots"] = plots
-        record.facts["plot_notes"] = notes
-        say(f"{len(plots)} files in {out / 'plots'}" + (f"; not drawn (no data): {not_drawn(notes)}" if notes else "")
-            + (f"; removed {removed} stale files" if removed else ""))
+        key = plots_key(out)
+        record.facts["plots_key"] = key
+        if previous.get("plots_key") == key and previous.get("plots") and all(
+                (out / rel).is_file() for rel in previous["plots"]):
+            # nothing a figure is drawn from changed since the last demo drew them: keep them
+            record.facts["plots"], record.facts["plot_notes"] = previous["plots"], previous.get("plot_notes") or []
+            say(f"{len(previous['plots'])} files in {out / 'plots'} kept: results and plotting code unchanged "
+                "since they were drawn")
+        else:
+            plots, notes = draw_plots(out)
+            removed = remove_stale(out, previous.get("plots") or [], plots)
+            record.facts["plots"] = plots
+            record.facts["plot_notes"] = notes
+            say(f"{len(plots)} files in {out / 'plots'}"
+                + (f"; not drawn (no data): {not_drawn(notes)}" if notes else "")
+                + (f"; removed {removed} stale files" if removed else ""))
     with _stage(record, "compare") as say:
         verdict = compare_with_reference(out, options.reference_dir)
         record.facts["reproducibility"] = {k: verdict[k] for k in ("compared", "reproduced", "differ", "missing")} \
@@ -302,6 +314,32 @@ def write_leaderboards(out: Path) -> list[Path]:
     return written
 
 
+def plots_key(out: Path) -> str:
+    """sha256 of everything the figures are drawn from: the results (`metrics_long.csv`, the task
+    JSONs with their curves, the models of `run.json`), the plotting code and data
+    (`plexbench/reports/`) and the matplotlib version. Equal keys: redrawing would give the same files."""
+    import hashlib
+    import json
+
+    import matplotlib
+
+    from plexbench.reports import plots as plots_module
+
+    digest = hashlib.sha256(matplotlib.__version__.encode())
+    files = [out / "metrics_long.csv", *sorted((out / "tasks").glob("*/*.json"))]
+    code = Path(plots_module.__file__).parent
+    files += sorted(p for p in code.rglob("*") if p.is_file() and p.suffix in (".py", ".csv", ".json"))
+    for path in files:
+        digest.update(str(path.relative_to(code if path.is_relative_to(code) else out)).encode())
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    try:
+        models = json.loads((out / "run.json").read_text()).get("models")
+    except (OSError, ValueError):
+        models = None
+    digest.update(json.dumps(models, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
 def draw_plots(out: Path) -> tuple[list[str], list[str]]:
     """All figures, one `plots/<group>/` folder per model group; returns (relative paths, notes)."""
     from plexbench.reports.plots import plot_results
@@ -372,7 +410,7 @@ def _write_demo_json(out: Path, record: DemoRecord, options: DemoOptions, previo
 
     history = [h for h in previous.get("history") or [] if isinstance(h, dict)]
     if previous.get("started"):  # earlier runs keep their timings and facts, not their file lists
-        history.append({k: v for k, v in previous.items() if k not in ("history", "plots", "plot_notes")})
+        history.append({k: v for k, v in previous.items() if k not in ("history", "plots", "plot_notes", "plots_key")})
     doc = {
         "started": record.started, "stages": dict(record.stages), "total_s": round(record.total_s, 2),
         "load_average": record.load_average, "load_average_end": _load_average(), "cpu_count": os.cpu_count(),
