@@ -391,10 +391,17 @@ def _class_mismatch(task, kind, k: int) -> str | None:
     return None
 
 
-def fit_reason(task: TaskSpec, name: str, k: int | None) -> str | None:
-    """Why a model called `name` with `k` classes (None: not known yet) does not fit `task`, or None:
-    the task's `models:` filter, then the kind's class count (`TaskKind.num_classes`)."""
+def fit_reason(task: TaskSpec, name: str, k: int | None, reads: str | None = None) -> str | None:
+    """Why a model called `name` with `k` classes (None: not known yet) reading `reads` ("image" /
+    "text" / None = unknown) does not fit `task`, or None. First a dataset of the other modality
+    (`modality_mismatch`: it says more than a class count that happens to differ, a text model never
+    runs an image task whatever its K), then the task's `models:` filter, then the kind's class count
+    (`TaskKind.num_classes`). `run` and `--dry-run` decide with this one function."""
     kind = R.get_kind(task.kind)
+    for need in kind.needs(task):
+        why = modality_mismatch(name, reads, need.ref.name)
+        if why and not need.optional:
+            return why
     if task.models is not None and task.models.names is not None and name not in task.models.names:
         return f"task is for models {', '.join(task.models.names)}"
     if task.models is not None and k is not None and not task.models.accepts(name, k):
@@ -406,15 +413,8 @@ def fit_reason(task: TaskSpec, name: str, k: int | None) -> str | None:
 
 
 def _skip_reason(task, model: ModelSource, kind, missing) -> str | None:
-    """Why `task` does not run for `model` (decided without inference), or None.
-
-    A dataset of the other modality is the first reason given: it says more than a class count
-    that happens to differ (a text model never runs an image task, whatever its K)."""
-    for need in kind.needs(task):
-        why = modality_mismatch(model.name, model.input_modality(), need.ref.name)
-        if why and not need.optional:
-            return why
-    fit = fit_reason(task, model.name, model.num_classes())
+    """Why `task` does not run for `model` (decided without inference), or None."""
+    fit = fit_reason(task, model.name, model.num_classes(), model.input_modality())
     if fit is not None:
         return fit
     if kind.adapts(task) and model.trainable() is None:
@@ -642,23 +642,13 @@ def _tasks_for(tasks: Sequence[TaskSpec], name: str, k: int, reads: str | None =
     runs = [t.name for t in _runnable(tasks, name, k, reads)]
     text = f"runs {len(runs)} of {len(tasks)} tasks ({', '.join(runs) or 'none'})"
     if not runs and tasks:  # say why, once per reason
-        why = dict.fromkeys(_dry_reason(t, name, k, reads) for t in tasks)
+        why = dict.fromkeys(fit_reason(t, name, k, reads) for t in tasks)
         text += "; " + "; ".join(r for r in why if r)
     return text
 
 
-def _dry_reason(task: TaskSpec, name: str, k: int | None, reads: str | None) -> str | None:
-    """Why a registry model (K classes, reading `reads`) does not run `task`, decided as `run`
-    does without inference: `fit_reason`, then a dataset of the other modality (`modality_mismatch`)."""
-    why = fit_reason(task, name, k)
-    if why is None:
-        for need in R.get_kind(task.kind).needs(task):
-            why = why or modality_mismatch(name, reads, need.ref.name)
-    return why
-
-
 def _runnable(tasks: Sequence[TaskSpec], name: str, k: int | None, reads: str | None) -> list[TaskSpec]:
-    return [t for t in tasks if _dry_reason(t, name, k, reads) is None]
+    return [t for t in tasks if fit_reason(t, name, k, reads) is None]
 
 
 def _inference_cost_lines(tasks: Sequence[TaskSpec], options: RunOptions, data_dir: Path) -> list[str]:
