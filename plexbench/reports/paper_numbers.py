@@ -89,9 +89,19 @@ def plexbench_metrics(axis: str, budget_or_quantile: str = "") -> tuple[str, ...
         return (f"subpop/{m['q']}",)
     if axis == "subpopulation_accuracy" and re.fullmatch(r"p\d\d", budget_or_quantile or ""):
         return ("subpop/median",) if budget_or_quantile == "p50" else (f"subpop/{budget_or_quantile}",)
-    if axis == "active_learning_accuracy" and (m := _LABELS.search(budget_or_quantile or "")):
-        return (f"active_learning/margin/{m[1]}/accuracy",)
+    if axis == "active_learning_accuracy" and (labels := label_budget(budget_or_quantile)) is not None:
+        return (f"active_learning/margin/{labels}/accuracy",)
     return ()
+
+
+def label_budget(budget_or_quantile: str | None) -> int | None:
+    """The number of labels of an active-learning budget of the CSV ("1000 labels"), or None.
+
+    >>> label_budget("1000 labels"), label_budget("p50")
+    (1000, None)
+    """
+    m = _LABELS.search(budget_or_quantile or "")
+    return int(m[1]) if m else None
 
 
 def mapping_table() -> list[dict]:

@@ -365,9 +365,9 @@ def paper_active_learning_points(dataset: str, numbers: pd.DataFrame | None = No
     rows = numbers[(numbers["axis"] == "active_learning_accuracy") & (numbers["dataset"] == dataset)]
     out = []
     for r in rows.itertuples(index=False):
-        m = re.search(r"(\d+)\s*labels?", r.budget_or_quantile or "")
-        if m:
-            out.append((names.get(r.model, r.model), int(m[1]), float(r.value)))
+        labels = paper_numbers.label_budget(r.budget_or_quantile)
+        if labels is not None:
+            out.append((names.get(r.model, r.model), labels, float(r.value)))
     return out
 
 
