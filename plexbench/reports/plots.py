@@ -468,44 +468,39 @@ def _grouped(items, key) -> dict:
     return out
 
 
-@register_figure("reliability", "Reliability diagrams")
-def _reliability_figures(results: Results):
-    for key, group in _grouped(plot_data.reliability_diagrams(results), lambda d: (d.task, d.dataset)).items():
-        yield draw_reliability(group), key
+def _register_per_group(name: str, title: str, data: Callable, key: Callable, draw: Callable) -> None:
+    """Register figure kind `name`: one figure `draw(group)` per group of the items `data(results)`
+    with equal `key(item)`, the key giving the file name's parts."""
+
+    def figures(results: Results):
+        for parts, group in _grouped(data(results), key).items():
+            yield draw(group), parts
+
+    register_figure(name, title)(figures)
 
 
-@register_figure("risk_coverage", "Risk-coverage curves")
-def _risk_coverage_figures(results: Results):
-    for key, group in _grouped(plot_data.risk_coverage_curves(results), lambda c: (c.task, c.dataset)).items():
-        yield draw_risk_coverage(group), key
+_register_per_group("reliability", "Reliability diagrams", plot_data.reliability_diagrams,
+                    lambda d: (d.task, d.dataset), draw_reliability)
 
 
-@register_figure("shift", "Covariate shift by severity")
-def _shift_figures(results: Results):
-    for key, group in _grouped(plot_data.shift_series(results), lambda s: (s.dataset,)).items():
-        yield draw_shift(group), key
+_register_per_group("risk_coverage", "Risk-coverage curves", plot_data.risk_coverage_curves,
+                    lambda c: (c.task, c.dataset), draw_risk_coverage)
 
 
-@register_figure("subpopulation", "Subpopulation accuracies")
-def _subpopulation_figures(results: Results):
-    for key, group in _grouped(plot_data.subpopulation_groups(results), lambda g: (g.dataset,)).items():
-        yield draw_subpopulation(group), key
+_register_per_group("shift", "Covariate shift by severity", plot_data.shift_series, lambda s: (s.dataset,), draw_shift)
 
 
-def _ood_groups(results: Results) -> dict:
-    return _grouped(plot_data.ood_scores(results), lambda s: (s.dataset, "vs", s.ood_dataset, s.scorer))
+_register_per_group("subpopulation", "Subpopulation accuracies", plot_data.subpopulation_groups,
+                    lambda g: (g.dataset,), draw_subpopulation)
 
 
-@register_figure("ood_roc", "OOD detection: ROC curves")
-def _ood_roc_figures(results: Results):
-    for key, group in _ood_groups(results).items():
-        yield draw_ood_roc(group), key
+def _ood_key(s) -> tuple:
+    return s.dataset, "vs", s.ood_dataset, s.scorer
 
 
-@register_figure("ood_hist", "OOD detection: score histograms")
-def _ood_hist_figures(results: Results):
-    for key, group in _ood_groups(results).items():
-        yield draw_ood_histograms(group), key
+_register_per_group("ood_roc", "OOD detection: ROC curves", plot_data.ood_scores, _ood_key, draw_ood_roc)
+_register_per_group("ood_hist", "OOD detection: score histograms", plot_data.ood_scores, _ood_key,
+                    draw_ood_histograms)
 
 
 # --------------------------------------------------------------------------- label noise
@@ -562,22 +557,16 @@ def draw_label_noise_roc(curves: Sequence[plot_data.NoiseDetection]):
     return fig
 
 
-@register_figure("label_noise_accuracy", "Label noise: clean accuracy against the noise rate")
-def _label_noise_accuracy_figures(results: Results):
-    for key, group in _grouped(plot_data.label_noise_accuracy(results), lambda s: (s.task, s.dataset)).items():
-        yield draw_label_noise_accuracy(group), key
+def _task_dataset(item) -> tuple:
+    return item.task, item.dataset
 
 
-@register_figure("label_noise_roc", "Label noise: finding wrong labels (ROC)")
-def _label_noise_roc_figures(results: Results):
-    for key, group in _grouped(plot_data.label_noise_detection(results), lambda c: (c.task, c.dataset)).items():
-        yield draw_label_noise_roc(group), key
-
-
-@register_figure("active_learning", "Active learning: accuracy against labels")
-def _active_learning_figures(results: Results):
-    for key, group in _grouped(plot_data.active_learning_curves(results), lambda c: (c.task, c.dataset)).items():
-        yield draw_active_learning(group), key
+_register_per_group("label_noise_accuracy", "Label noise: clean accuracy against the noise rate",
+                    plot_data.label_noise_accuracy, _task_dataset, draw_label_noise_accuracy)
+_register_per_group("label_noise_roc", "Label noise: finding wrong labels (ROC)", plot_data.label_noise_detection,
+                    _task_dataset, draw_label_noise_roc)
+_register_per_group("active_learning", "Active learning: accuracy against labels", plot_data.active_learning_curves,
+                    _task_dataset, draw_active_learning)
 
 
 # --------------------------------------------------------------------------- everything for a run
