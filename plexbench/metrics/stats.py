@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import bisect
 import math
 import operator
@@ -553,7 +554,7 @@ def tie_groups(sorted_values: np.ndarray) -> np.ndarray:
     return np.cumsum(new) - 1
 
 
-class ConfidenceOrder:
+class ConfidenceOrder(abc.ABC):
     """The examples in DESCENDING confidence order (a stable sort on -conf: ties in example order),
     as AURC, oracle-collaborative accuracy and calib_auc read them.
 
@@ -576,11 +577,13 @@ class ConfidenceOrder:
         np.cumsum(~self.correct, out=out[1:])
         return out
 
+    @abc.abstractmethod
     def tie_bounds(self, position: int) -> tuple[int, int]:
-        raise NotImplementedError
+        """(start, end) of the run of equal confidence holding `position`."""
 
+    @abc.abstractmethod
     def score_groups(self) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """(examples, incorrect examples) per group of equal 1 - conf, ascending."""
 
 
 class SortedOrder(ConfidenceOrder):
