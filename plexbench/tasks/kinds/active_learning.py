@@ -156,14 +156,16 @@ class ActiveLearning(TaskKind):
 
     def declared_metric(self, selector: str) -> str:
         # `area` selects the normalised area under the accuracy curve: rows active_learning/<acq>/area/accuracy
-        return f"active_learning/margin/{AREA}/accuracy" if selector == AREA else selector
+        return f"active_learning/{SCORED_ACQUISITION}/{AREA}/accuracy" if selector == AREA else selector
 
     def score_exclusion(self, task: TaskSpec | None, metric: str, dataset: str) -> str:
         """Only the curve's area of the margin acquisition is scored (module docstring)."""
         parts = metric.split("/")
-        if len(parts) == 4 and parts[0] == "active_learning" and parts[2] != AREA:
+        if len(parts) != 4 or parts[0] != "active_learning":
+            return ""
+        if parts[2] != AREA:
             return "a point of the active-learning curve (its area is scored)"
-        if len(parts) == 4 and parts[0] == "active_learning" and parts[1] != SCORED_ACQUISITION:
+        if parts[1] != SCORED_ACQUISITION:
             return f"the score takes the {SCORED_ACQUISITION} acquisition's area (the paper's radar); others are reported"
         return ""
 
