@@ -74,6 +74,20 @@ def auc_from_groups(positives: np.ndarray, negatives: np.ndarray) -> float:
     return two_u / (2.0 * num_pos * num_neg)
 
 
+def auc_from_group_rows(positives: np.ndarray, negatives: np.ndarray, pure: bool = False) -> np.ndarray:
+    """`auc_from_groups` of each row of int64 (B, G) counts -> float64 (B,) (NaN where P or Q is 0).
+    `pure=True`: the caller knows that no group holds both positives and negatives."""
+    num_pos, num_neg = positives.sum(axis=1), negatives.sum(axis=1)
+    # 2U = sum_g P_g (2 Q_<=g - Q_g) = 2 P.cumsum(Q) - P.Q (the last term is 0 unless a group
+    # holds both), exact in int64
+    two_u = 2 * np.einsum("bg,bg->b", positives, np.cumsum(negatives, axis=1))
+    if not pure:
+        two_u -= np.einsum("bg,bg->b", positives, negatives)
+    defined = (num_pos > 0) & (num_neg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(defined, two_u / (2.0 * num_pos * num_neg), np.nan)
+
+
 def descending_operating_points(sorted_scores: np.ndarray, sorted_pos: np.ndarray):
     """Cumulative (tp, fp, threshold) at each distinct score, thresholds from high to low.
 

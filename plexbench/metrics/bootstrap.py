@@ -17,10 +17,15 @@ Two implementations of that one policy:
   (plexbench.metrics.stats.ExampleStats, plexbench.metrics.ood.DetectionScores) whose `resample`
   gathers O(N) values and reuses the data's one sort, and every metric of `functions` is computed
   on the same resamples. This is what tasks and `plexbench score` use: O(N) per resample (O(N K)
-  only for the metrics that read every class, classwise ECE).
+  only for the metrics that read every class, classwise ECE). Metrics with a block version
+  (plexbench.metrics.resample_block: the score set's accuracy, NLL, Brier, ECE, RMS-CE,
+  calib_auc, AURC, E-AURC, oracle-collaborative accuracy) are computed on a whole block of
+  resamples of an ExampleStats at once, from counts: one bincount of the draws per resample, the
+  rest O(number of confidence groups) vectorised over the block.
 - `bootstrap_ci(metric_fn, *arrays, ...)`: resamples the raw arrays (paired rows) and calls the
   metric on each resample; O(N K) per resample for (N, K) predictions. It is the reference the
-  fast path is tested against (same seed, same numbers).
+  fast path is tested against (same seed, same resamples: the same numbers, to 1e-12 relative
+  where a block version adds floats in another order).
 """
 
 from __future__ import annotations
@@ -32,13 +37,16 @@ import numpy as np
 
 from plexbench.errors import PlexbenchError
 from plexbench.metrics._checks import UndefinedMetricWarning
+from plexbench.metrics.resample_block import block_version
 from plexbench.progress import bar
 
 # Rows of indices drawn at once: bounds memory to about 64 MiB of int64 indices.
 _INDEX_BUDGET = 8 << 20
 # The same for the per-example-statistics bootstrap, whose resamples are cheap: a block of about
-# 8 MiB of indices stays in cache while its resamples are evaluated (the stream does not depend on it).
-_STATS_INDEX_BUDGET = 1 << 20
+# 1 MiB of indices (and the block's count arrays of the same size) stays in cache while its
+# resamples are evaluated; measured on 50,000 rows, 2^17 beat 2^16 and 2^18-2^20 (the stream
+# does not depend on it).
+_STATS_INDEX_BUDGET = 1 << 17
 
 
 def check_num_samples(num_samples) -> int:
@@ -119,16 +127,24 @@ def bootstrap_distributions(functions: Mapping[str, Callable], data, *, num_samp
         raise PlexbenchError(f"bootstrap needs at least one row in every stratum, got {[n for n, _ in strata]}")
     per_block = max(1, _STATS_INDEX_BUDGET // sum(n for n, _ in strata))
     out = {name: np.empty(num_samples, dtype=np.float64) for name in functions}
+    batched = {name: found for name, fn in functions.items() if (found := block_version(fn))} \
+        if hasattr(data, "resample_block") else {}
     blocks = [index_blocks(n, num_samples, seed, stream, per_block) for n, stream in strata]
     with warnings.catch_warnings(), bar(num_samples, "bootstrap", unit="resample") as progress:
         warnings.simplefilter("ignore", UndefinedMetricWarning)  # counted once in percentile_interval
         for parts in zip(*blocks):
-            start = parts[0][0]
-            for j in range(parts[0][1].shape[0]):
-                view = data.resample(tuple(idx[j] for _, idx in parts))
-                for name, fn in functions.items():
-                    out[name][start + j] = fn(view)
-            progress.update(parts[0][1].shape[0])
+            start, size = parts[0][0], parts[0][1].shape[0]
+            block = data.resample_block(tuple(idx for _, idx in parts)) if batched else None
+            if block is not None:
+                for name, (impl, options) in batched.items():
+                    out[name][start:start + size] = impl(block, **options)
+            one_by_one = {name: fn for name, fn in functions.items() if block is None or name not in batched}
+            if one_by_one:
+                for j in range(size):
+                    view = data.resample(tuple(idx[j] for _, idx in parts))
+                    for name, fn in one_by_one.items():
+                        out[name][start + j] = fn(view)
+            progress.update(size)
     return out
 
 

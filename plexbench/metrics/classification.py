@@ -28,6 +28,7 @@ import numpy as np
 
 from plexbench.metrics import _checks as C
 from plexbench.metrics import _ranking
+from plexbench.metrics.resample_block import ResampleBlock, on_resamples
 from plexbench.metrics.vocabulary import declares
 from plexbench.metrics.stats import NLL_CLIP, ConfidenceOrder, ExampleStats, stats_of
 
@@ -70,6 +71,11 @@ def accuracy(labels, probs=None) -> float:
     return int(np.count_nonzero(stats.correct)) / stats.num_examples
 
 
+@on_resamples(accuracy)
+def _accuracy_on_resamples(block: ResampleBlock) -> np.ndarray:
+    return (block.n - block.total_wrong) / block.n
+
+
 @declares("nll", direction="lower", category="prediction", value_range=(0.0, math.inf), paper="nll",
           plexbench="nll", description="mean negative log-likelihood of the label (nats)")
 def nll(labels, log_probs=None, *, clip: float | None = NLL_CLIP) -> float:
@@ -89,6 +95,11 @@ def nll(labels, log_probs=None, *, clip: float | None = NLL_CLIP) -> float:
     return float(np.mean(stats.nll_terms(clip)))
 
 
+@on_resamples(nll)
+def _nll_on_resamples(block: ResampleBlock, clip: float | None = NLL_CLIP) -> np.ndarray:
+    return block.mean_of(("nll", clip), lambda: block.stats.nll_terms(clip))
+
+
 @declares("brier", direction="lower", category="prediction", value_range=(0.0, 2.0), paper="identity",
           plexbench="half", paper_note="paper quirk: lower-is-better but left unflipped, as in the paper's code",
           description="mean squared distance between the probabilities and the one-hot label")
@@ -104,6 +115,11 @@ def brier(labels, probs=None) -> float:
     """
     stats = _labelled(labels, probs, "brier", want=("brier",))
     return float(np.mean(stats.brier))
+
+
+@on_resamples(brier)
+def _brier_on_resamples(block: ResampleBlock) -> np.ndarray:
+    return block.mean_of("brier", lambda: block.stats.brier)
 
 
 def _bins_stats(labels, probs, num_bins, what):
@@ -128,6 +144,12 @@ def ece(labels, probs=None, *, num_bins: int = 15) -> float:
     conf_sum = np.bincount(bins, weights=conf, minlength=b)
     acc_sum = np.bincount(bins, weights=stats.correct, minlength=b)
     return float(np.abs(acc_sum - conf_sum).sum() / stats.num_examples)
+
+
+@on_resamples(ece)
+def _ece_on_resamples(block: ResampleBlock, num_bins: int = 15) -> np.ndarray:
+    _, conf_sum, acc_sum = block.binned(C.check_num_bins(num_bins), equal_width_bins)
+    return np.abs(acc_sum - conf_sum).sum(axis=1) / block.n
 
 
 @declares("adaptive_ece", direction="lower", category="uncertainty", plexbench="one_minus",
@@ -191,6 +213,13 @@ def rms_calibration_error(labels, probs=None, *, num_bins: int = 15) -> float:
     return float(np.sqrt(gap2.sum() / conf.shape[0]))
 
 
+@on_resamples(rms_calibration_error)
+def _rms_ce_on_resamples(block: ResampleBlock, num_bins: int = 15) -> np.ndarray:
+    count, conf_sum, acc_sum = block.binned(C.check_num_bins(num_bins), equal_width_bins)
+    gap2 = np.divide((acc_sum - conf_sum) ** 2, count, out=np.zeros_like(count), where=count > 0)
+    return np.sqrt(gap2.sum(axis=1) / block.n)
+
+
 def reliability_diagram(labels, probs=None, *, num_bins: int = 15) -> dict[str, np.ndarray]:
     """Per-bin data of the equal-width top-label bins used by `ece`.
 
@@ -233,4 +262,11 @@ def calib_auc(labels, probs=None) -> float:
     """
     stats = _labelled(labels, probs, "calib_auc")
     return calib_auc_sorted(stats.sorted_by_confidence)
+
+
+@on_resamples(calib_auc)
+def _calib_auc_on_resamples(block: ResampleBlock) -> np.ndarray:
+    counts, positives = block.score_groups()
+    pure = not block.plan.any_mixed and block.plan.score_group_first is None
+    return _ranking.auc_from_group_rows(positives, counts - positives, pure=pure)
 

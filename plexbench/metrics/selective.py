@@ -15,11 +15,13 @@ AURC = sort_by_confidence -> cumulative_risk -> area, each a function here.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from plexbench.metrics import _checks as C
+from plexbench.metrics.resample_block import ResampleBlock, on_resamples
 from plexbench.metrics.vocabulary import declares
 from plexbench.metrics.stats import ConfidenceOrder, stats_of
 
@@ -77,6 +79,7 @@ def area(risk: np.ndarray) -> float:
     return float(np.mean(risk))
 
 
+@functools.lru_cache(maxsize=4096)  # the bootstrap asks for the same few error counts again and again
 def optimal_aurc(n: int, num_errors: int) -> float:
     """AURC of the ideal order (all correct examples first): mean_k max(0, k - (n - e)) / k."""
     k = np.arange(n - num_errors + 1, n + 1, dtype=np.float64)
@@ -110,6 +113,24 @@ def oracle_collaborative_accuracy(labels, probs=None, *, fraction: float) -> flo
     """
     fraction = C.check_fraction(fraction)
     return oc_acc_sorted(_order(labels, probs, "oracle_collaborative_accuracy"), fraction)
+
+
+@on_resamples(oracle_collaborative_accuracy)
+def _oc_acc_on_resamples(block: ResampleBlock, fraction: float) -> np.ndarray:
+    """`oc_acc_sorted` on each resample: the same integer counts, from the groups."""
+    n, k = block.n, num_referred(block.n, C.check_fraction(fraction))
+    total_correct = n - block.total_wrong
+    if k == 0:
+        return total_correct / n
+    if k >= n:
+        return np.ones(block.size)
+    rows = np.arange(block.size)
+    group = block.group_at(n - k)  # the run of confidence t = the k-th smallest
+    below_start = block.group_ends[rows, group]
+    tied = k - (n - below_start)
+    errors_below = block.wrong_after(group)
+    referred_correct = (n - below_start) - errors_below + tied - block.wrong_in_first(group, tied)
+    return (k + total_correct - referred_correct) / n
 
 
 def risk_coverage_curve(labels, probs=None) -> dict[str, np.ndarray]:
@@ -158,3 +179,34 @@ def aurc(labels, probs=None) -> float:
 def eaurc(labels, probs=None) -> float:
     """Excess AURC: AURC - AURC of the ideal order (all correct examples first). >= 0."""
     return eaurc_sorted(_order(labels, probs, "eaurc"))
+
+
+@functools.lru_cache(maxsize=4)
+def _tail_harmonic(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, P) float64 (n + 1,): T[p] = sum_{k=p+1..n} 1/k (summed from the small end), and its
+    prefix sums P[p] = T[0] + ... + T[p-1] = p (T[p] + 1) (closed form: no running-sum error)."""
+    tail = np.zeros(n + 1)
+    tail[:n] = np.cumsum(1.0 / np.arange(n, 0, -1, dtype=np.float64))[::-1]
+    p = np.arange(n + 1, dtype=np.float64)
+    return tail, p * (tail + 1.0)
+
+
+def _aurc_values(block: ResampleBlock) -> np.ndarray:
+    cache = block.__dict__.setdefault("_aurc", [])
+    if not cache:
+        # N AURC = sum_k E_k / k (E_k: errors among the first k) = sum over the positions p of the
+        # errors of T[p] = sum_{k > p} 1/k, so only incorrect draws are visited.
+        tail, prefix = _tail_harmonic(block.n)
+        cache.append(block.sum_at_wrong_positions(tail, prefix) / block.n)
+    return cache[0]
+
+
+@on_resamples(aurc)
+def _aurc_on_resamples(block: ResampleBlock) -> np.ndarray:
+    return _aurc_values(block)
+
+
+@on_resamples(eaurc)
+def _eaurc_on_resamples(block: ResampleBlock) -> np.ndarray:
+    optimal = {e: optimal_aurc(block.n, e) for e in np.unique(block.total_wrong).tolist()}
+    return _aurc_values(block) - np.array([optimal[e] for e in block.total_wrong.tolist()])

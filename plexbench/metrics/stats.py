@@ -45,13 +45,16 @@ import bisect
 import math
 import operator
 from functools import cached_property
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
 from plexbench.errors import PlexbenchError
 from plexbench.metrics import _checks as C
 from plexbench.metrics.ensemble import log_mean_exp, log_softmax
+
+if TYPE_CHECKING:  # imported where it is used (ExampleStats.resample_block)
+    from plexbench.metrics.resample_block import ResampleBlock
 
 # Plex clips the probability of the true class at 1e-7 before the log (spec §5); reported NLL
 # follows it. nll_terms(None) is the exact value.
@@ -517,6 +520,17 @@ class ExampleStats:
             raise PlexbenchError("resample a full prediction set, not a view")
         return self._view(np.asarray(idx, dtype=np.int64), resample=True)
 
+    def resample_block(self, draws) -> "ResampleBlock | None":
+        """Resamples `draws` (int (B, N), or a 1-tuple of it) as one block of counts
+        (plexbench.metrics.resample_block), for the metrics that have a block version; None for a
+        view or a set without labels (the bootstrap then resamples one at a time)."""
+        from plexbench.metrics.resample_block import ResampleBlock
+
+        idx = draws[0] if isinstance(draws, tuple) else draws
+        if self._parent is not None or not self.has_labels:
+            return None
+        return ResampleBlock(self, np.asarray(idx, dtype=np.int64))
+
     @property
     def strata(self) -> tuple[tuple[int, int], ...]:
         """(rows, stream) of each stratum the bootstrap resamples: one, stream 0 (the seed itself)."""
@@ -674,7 +688,9 @@ class Resampling:
         order = np.argsort(-conf, kind="stable")
         sorted_conf = conf[order]
         group = tie_groups(sorted_conf)
+        self.num_examples = conf.shape[0]
         self.num_groups = int(group[-1]) + 1
+        self.order = order  # examples by descending confidence (the groups' members, group by group)
         self.group_ex = np.empty(conf.shape[0], dtype=np.int64)
         self.group_ex[order] = group
         counts = np.bincount(group)
@@ -683,13 +699,85 @@ class Resampling:
         self.mixed = (right > 0) & (right < counts)
         self.any_mixed = bool(self.mixed.any())
         ends = np.cumsum(counts)
+        self.group_starts = ends - counts  # first position of each group in `order`
         self.group_conf = sorted_conf[ends - 1]
         score_group = tie_groups(1.0 - sorted_conf)
         self.score_group_ex, self.num_score_groups = None, self.num_groups
+        self.score_group_first = None  # the first confidence group of each score group, when coarser
         if score_group[-1] != group[-1]:
             self.score_group_ex = np.empty(conf.shape[0], dtype=np.int64)
             self.score_group_ex[order] = score_group
             self.num_score_groups = int(score_group[-1]) + 1
+            self.score_group_first = np.flatnonzero(np.diff(score_group[ends - 1], prepend=-1))
+        self._correct = correct
+
+    # what the blocks of resamples read (plexbench.metrics.resample_block), made on first use
+    @cached_property
+    def rank_ex(self) -> np.ndarray:
+        """int64 (N,): each example's position in `order` (the inverse permutation)."""
+        rank = np.empty(self.num_examples, dtype=np.int64)
+        rank[self.order] = np.arange(self.num_examples)
+        return rank
+
+    def in_order(self, name, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """values()[order] kept under `name` (a statistic is put in order once per set), split into
+        (the values with the non-finite ones set to 0, the positions of the non-finite ones, their
+        values): a count-weighted sum must not read 0 * inf for an example that was not drawn."""
+        cache = self.__dict__.setdefault("_in_order", {})
+        if name not in cache:
+            v = np.array(values()[self.order], dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(v))
+            cache[name] = v, bad, v[bad].copy()
+            v[bad] = 0.0
+        return cache[name]
+
+    def bins(self, num_bins: int, binning) -> tuple[np.ndarray, np.ndarray]:
+        """(the equal-width bin of each group's confidence via `binning(conf, num_bins)`, the first
+        group of each bin that holds one), kept per bin count (groups are in descending
+        confidence, so a bin's groups are consecutive)."""
+        cache = self.__dict__.setdefault("_bins", {})
+        if num_bins not in cache:
+            bins = binning(self.group_conf, num_bins)
+            cache[num_bins] = bins, np.flatnonzero(np.diff(bins, prepend=bins[0] + 1))
+        return cache[num_bins]
+
+    @cached_property
+    def mixed_ex(self) -> np.ndarray:
+        """bool (N,): whether an example's group is mixed."""
+        return self.mixed[self.group_ex]
+
+    @cached_property
+    def mixed_groups(self) -> np.ndarray:
+        """int64: the mixed groups, in group order."""
+        return np.flatnonzero(self.mixed)
+
+    @cached_property
+    def mixed_number(self) -> np.ndarray:
+        """int64 (G,): a mixed group's index in `mixed_groups` (-1 for the others)."""
+        out = np.full(self.num_groups, -1, dtype=np.int64)
+        out[self.mixed_groups] = np.arange(self.mixed_groups.shape[0])
+        return out
+
+    @cached_property
+    def mixed_numbers_ex(self) -> np.ndarray:
+        """(N,): `mixed_number` of each example's group, in the narrowest unsigned type that holds
+        it (16-bit keys sort stably by radix sort); 0 for examples outside mixed groups."""
+        dtype = np.uint16 if self.mixed_groups.shape[0] <= 1 << 16 else np.int64
+        return np.maximum(self.mixed_number, 0)[self.group_ex].astype(dtype)
+
+    @cached_property
+    def wrong_groups(self) -> np.ndarray:
+        """int64: the all-wrong groups."""
+        return np.flatnonzero(self.all_wrong)
+
+    @cached_property
+    def mixed_wrong_members(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the positions in `order` of the incorrect examples of mixed groups, ascending; the first
+        index of each group's run among them; those groups)."""
+        positions = np.flatnonzero((self.mixed_ex & ~self._correct)[self.order])
+        groups = self.group_ex[self.order[positions]]
+        first = np.flatnonzero(np.diff(groups, prepend=-1))
+        return positions, first, groups[first]
 
 
 # ----------------------------------------------------------------------------- the pass
