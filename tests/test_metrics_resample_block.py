@@ -161,3 +161,20 @@ def test_no_block_for_views_or_unlabelled_sets():
     assert ExampleStats.from_probs(p, np.zeros(20, int)).take(np.arange(10)).resample_block(draws[:, :10]) is None
     assert block_version(functools.partial(M.ece, 15)) is None  # positional options: the metric itself
     assert block_version(M.adaptive_ece) is None
+
+
+def test_values_do_not_depend_on_the_block_size(monkeypatch):
+    import plexbench.metrics.bootstrap as B
+
+    rng = np.random.default_rng(5)
+    n = 2000
+    y = rng.integers(0, 4, n)
+    p = rng.dirichlet(np.ones(4), n)
+    fns = {"nll": M.nll, "brier": M.brier, "ece": M.ece, "rms_ce": M.rms_calibration_error, "aurc": M.aurc}
+    runs = []
+    for budget in (n, 7 * n, 64 * n):  # blocks of 1, 7 and 64 resamples
+        monkeypatch.setattr(B, "_STATS_INDEX_BUDGET", budget)
+        runs.append(bootstrap_distributions(fns, ExampleStats.from_probs(p, y), num_samples=64, seed=2))
+    for name in fns:
+        for other in runs[1:]:
+            np.testing.assert_array_equal(other[name], runs[0][name], err_msg=name)

@@ -92,7 +92,9 @@ class ResampleBlock:
         full set (example order) that `values()` returns; the plan keeps them in sorted order
         under `name`, so `values` is called once per set."""
         finite, bad, bad_values = self.plan.in_order(name, values)
-        total = self._weights @ finite
+        # one dot product per resample: a resample's value does not depend on the block size (a
+        # matrix-vector product over the block, like einsum, sums a row differently as B changes)
+        total = np.array([np.dot(row, finite) for row in self._weights])
         if bad.size:  # an infinite value counts only where its example is drawn (inf, as the plain mean)
             drawn = np.take(self.counts, bad, axis=1) > 0
             total += np.where(drawn, bad_values, 0.0).sum(axis=1)
@@ -203,13 +205,12 @@ class ResampleBlock:
     def binned(self, num_bins: int, binning) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(draws, sum of confidence, correct draws) float64 (B, nb) per equal-width bin of the
         confidence (`binning(conf, num_bins)` -> bin indices), only the bins that hold a group
-        (the others hold nothing in any resample). A bin's groups are consecutive: its confidence
-        sum is one matrix-vector product over them."""
+        (the others hold nothing in any resample). A bin's groups are consecutive: its sums are
+        reductions over a run of columns (row by row, so a resample's value does not depend on
+        the block size)."""
         _, first = self.plan.bins(num_bins, binning)
         weights = self._weights if self.plan.num_groups == self.n else self.group_counts.astype(np.float64)
-        edges = np.append(first, self.plan.num_groups).tolist()
-        conf = self.plan.group_conf
-        conf_sum = np.stack([weights[:, a:b] @ conf[a:b] for a, b in zip(edges[:-1], edges[1:])], axis=1)
+        conf_sum = np.add.reduceat(weights * self.plan.group_conf, first, axis=1)
         count = np.add.reduceat(self.group_counts, first, axis=1)
         correct = count - np.add.reduceat(self.group_wrong, first, axis=1)
         return count.astype(np.float64), conf_sum, correct.astype(np.float64)
