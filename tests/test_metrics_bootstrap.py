@@ -190,3 +190,22 @@ def test_in_distribution_stratum_uses_the_seed_itself():
     np.testing.assert_array_equal(got["first"], first)
     rng = np.random.default_rng([4, 1])
     np.testing.assert_array_equal(got["ood"], [rng.integers(0, 20, 20)[0] for _ in range(7)])
+
+
+def test_ood_resamples_equal_the_metrics_of_the_resampled_scores():
+    # a resample is held as counts per run of tied scores (runs it does not draw from left out):
+    # the same integers as sorting the resampled scores, so the same values bit for bit
+    from plexbench.metrics import auprc, auroc, fpr_at_95_tpr
+
+    rng = np.random.default_rng(11)
+    n, m = 200, 90
+    s_in, s_out = np.round(rng.normal(0, 1, n), 0), np.round(rng.normal(0.7, 1, m), 1)  # long tie runs
+    detection = DetectionSet({"s": DetectionScores(s_in, s_out, stream=2)})
+    fns = {"auroc": lambda d: auroc(d["s"]), "auprc": lambda d: auprc(d["s"]), "fpr95": lambda d: fpr_at_95_tpr(d["s"])}
+    fast = bootstrap_distributions(fns, detection, num_samples=30, seed=1)
+    rng_in, rng_out = np.random.default_rng(1), np.random.default_rng([1, 2])
+    flags = np.r_[np.zeros(n, int), np.ones(m, int)]
+    for b in range(30):
+        scores = np.r_[s_in[rng_in.integers(0, n, n)], s_out[rng_out.integers(0, m, m)]]
+        for name, fn in (("auroc", auroc), ("auprc", auprc), ("fpr95", fpr_at_95_tpr)):
+            assert fast[name][b] == fn(flags, scores), (name, b)

@@ -23,6 +23,8 @@ sorted once; its `resample` is O(N + M), so bootstrap intervals need no new sort
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from plexbench.errors import PlexbenchError
@@ -237,25 +239,27 @@ class DetectionScores:
     `metrics()` -> {"auroc", "auprc", "fpr95"} (NaN with a warning when a side is empty), from one
     stable ascending sort of the N + M scores; the sorted arrays are not kept afterwards unless the
     scores are being resampled. `resample((in, out))` -> the DetectionScores of rows `in` of the
-    in-distribution side and rows `out` of the OOD side (the two strata are resampled separately):
-    each example repeated as often as drawn, in sorted order, so no new sort (tied scores never
-    split a threshold, so their order does not matter). `strata`: ((N, 0), (M, stream)): the
+    in-distribution side and rows `out` of the OOD side (the two strata are resampled separately),
+    held as its OOD and in-distribution draws per run of tied scores of this set's one sort, so no
+    new sort and nothing of size N + M per resample beyond the counts (tied scores never split a
+    threshold, so their order does not matter). `strata`: ((N, 0), (M, stream)): the
     bootstrap draws in-distribution rows from the task seed and OOD rows from stream `stream` of it
     (plexbench.metrics.bootstrap).
     """
 
-    def __init__(self, score_in, score_out, *, stream: int = 1, _sorted=None):
+    def __init__(self, score_in, score_out, *, stream: int = 1, _groups=None):
         self.stream = stream
         self._metrics: dict | None = None
         self._keep = False
-        if _sorted is None:
+        self._sorted_arrays = None
+        self._groups = None
+        if _groups is None:
             self._in = C.check_finite(score_in, "in-distribution scores", 1)
             self._out = C.check_finite(score_out, "OOD scores", 1)
             self.num_in, self.num_out = self._in.shape[0], self._out.shape[0]
-            self._sorted_arrays = None
         else:
-            scores, is_ood, self.num_in, self.num_out = _sorted
-            self._sorted_arrays = (None, scores, is_ood)
+            positives, negatives, self.num_in, self.num_out = _groups
+            self._groups = (positives, negatives)
 
     @property
     def strata(self) -> tuple[tuple[int, int], ...]:
@@ -275,20 +279,44 @@ class DetectionScores:
         return self._sorted_arrays
 
     def resample(self, draws) -> "DetectionScores":
-        if not self._keep:
-            self._keep, self._sorted_arrays = True, None  # a bootstrap resamples often: keep the order
-        order, scores, is_ood = self._sorted()
         idx_in, idx_out = draws
-        counts = np.concatenate([np.bincount(idx_in, minlength=self.num_in),
-                                 np.bincount(idx_out, minlength=self.num_out)])[order]
-        view = (np.repeat(scores, counts), np.repeat(is_ood, counts), idx_in.shape[0], idx_out.shape[0])
-        return DetectionScores(None, None, stream=self.stream, _sorted=view)
+        return self.resample_counts(np.bincount(idx_in, minlength=self.num_in),
+                                    np.bincount(idx_out, minlength=self.num_out))
+
+    def resample_counts(self, counts_in: np.ndarray, counts_out: np.ndarray) -> "DetectionScores":
+        """The resample that draws in-distribution example i counts_in[i] times and OOD example j
+        counts_out[j] times: its OOD and in-distribution draws per run of tied scores (runs
+        without a draw left out), from this set's one sort: O(N + M), no new sort."""
+        order, is_ood, starts = self._resampling
+        counts = np.take(np.concatenate([counts_in, counts_out]), order)
+        positives = counts * is_ood
+        negatives = counts - positives
+        if starts is not None:
+            positives, negatives = np.add.reduceat(positives, starts), np.add.reduceat(negatives, starts)
+        drawn = np.flatnonzero(positives + negatives)
+        return DetectionScores(None, None, stream=self.stream,
+                               _groups=(positives[drawn], negatives[drawn], int(counts_in.sum()), int(counts_out.sum())))
+
+    @cached_property
+    def _resampling(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(the stable ascending order of the N + M scores, the OOD flags in that order, the first
+        position of each run of tied scores, or None when all scores differ), kept while resampling."""
+        self._keep, self._sorted_arrays = True, None
+        order, scores, is_ood = self._sorted()
+        new = np.empty(scores.shape[0], dtype=bool)
+        new[0] = True
+        np.not_equal(scores[1:], scores[:-1], out=new[1:])
+        starts = None if new.all() else np.flatnonzero(new)
+        self._sorted_arrays = None  # memory: the order and flags are what resampling reads
+        return order, is_ood.astype(np.int64), starts
 
     def metrics(self) -> dict[str, float]:
         if self._metrics is None:
             if self.num_in == 0 or self.num_out == 0:
                 nan = C.undefined("ood metrics", "needs both OOD and in-distribution examples")
                 self._metrics = {"auroc": nan, "auprc": nan, "fpr95": nan}
+            elif self._groups is not None:
+                self._metrics = ood_metrics_from_groups(*self._groups)
             else:
                 _, scores, is_ood = self._sorted()
                 self._metrics = ood_metrics_sorted(scores, is_ood)
@@ -363,10 +391,14 @@ def ood_metrics_sorted(sorted_scores: np.ndarray, sorted_pos: np.ndarray) -> dic
     """ood_metrics from scores sorted ascending and the matching OOD flags (both classes present),
     through the counts of OOD and in-distribution examples per run of tied scores (few arrays of
     the number of distinct scores; the same numbers as the rank-sum and operating-point forms)."""
-    pos, neg = _ranking.group_counts(sorted_scores, sorted_pos)
+    return ood_metrics_from_groups(*_ranking.group_counts(sorted_scores, sorted_pos))
+
+
+def ood_metrics_from_groups(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
+    """ood_metrics from the OOD (pos) and in-distribution (neg) counts int64 (G,) per run of tied
+    scores, runs in ascending score order, each run non-empty, both classes present."""
     auroc = _ranking.auc_from_groups(pos, neg)
     tps, fps = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])  # thresholds from high to low
-    del pos, neg
     return {"auroc": auroc, "auprc": _ranking.average_precision(tps, fps), "fpr95": _ranking.fpr_at_tpr(tps, fps, 0.95)}
 
 
@@ -379,4 +411,8 @@ class DetectionSet(dict):
         return next(iter(self.values())).strata
 
     def resample(self, draws) -> "DetectionSet":
-        return DetectionSet({name: scores.resample(draws) for name, scores in self.items()})
+        first = next(iter(self.values()))
+        idx_in, idx_out = draws
+        counts_in = np.bincount(idx_in, minlength=first.num_in)  # counted once for all the scorers
+        counts_out = np.bincount(idx_out, minlength=first.num_out)
+        return DetectionSet({name: scores.resample_counts(counts_in, counts_out) for name, scores in self.items()})
