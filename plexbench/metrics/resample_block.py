@@ -92,9 +92,10 @@ class ResampleBlock:
         full set (example order) that `values()` returns; the plan keeps them in sorted order
         under `name`, so `values` is called once per set."""
         finite, bad, bad_values = self.plan.in_order(name, values)
-        # one dot product per resample: a resample's value does not depend on the block size (a
-        # matrix-vector product over the block, like einsum, sums a row differently as B changes)
-        total = np.array([np.dot(row, finite) for row in self._weights])
+        # a product and a row-wise (pairwise) sum: a resample's value does not depend on the block
+        # size, which a matrix-vector product (or einsum) over the block does not promise, and no
+        # BLAS call (OpenBLAS' threads keep spinning after one, taking the other core from numpy)
+        total = (self._weights * finite).sum(axis=1)
         if bad.size:  # an infinite value counts only where its example is drawn (inf, as the plain mean)
             drawn = np.take(self.counts, bad, axis=1) > 0
             total += np.where(drawn, bad_values, 0.0).sum(axis=1)
