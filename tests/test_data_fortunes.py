@@ -232,3 +232,16 @@ def test_unprepared_text_dataset_is_the_usual_one_line_error(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(PlexbenchError, match="needs the model's text preprocessing"):
         text_source("fortunes", "test", preprocess=None, data_dir=tmp_path)
+
+
+def test_fingerprints_are_kept_per_process_while_the_files_stay(text_dir, monkeypatch):
+    # inference asks for a split's fingerprint per model: the text is read once
+    from plexbench.data import load
+
+    monkeypatch.setattr(load, "_FINGERPRINTS", {})
+    calls = []
+    compute = load._fingerprint
+    monkeypatch.setattr(load, "_fingerprint", lambda *a: calls.append(a[4]) or compute(*a))
+    first = load.dataset_fingerprint("fortunes", "test", text_dir)
+    assert load.dataset_fingerprint("fortunes", "test", text_dir) == first == T.text_fingerprint("fortunes", "test", text_dir)
+    assert calls == ["test"]

@@ -107,10 +107,7 @@ def _split_lines(info, data_dir, *, prepared: bool, fingerprint: bool) -> list[s
             rng = load.split_range(info.name, role, data_dir)
             line += f"  {rng.size:,} examples ({rng.tfds_spec()})"
             if fingerprint:
-                from plexbench.data.text import text_fingerprint
-
-                fp = text_fingerprint if info.is_text else load.dataset_fingerprint
-                line += f"  sha256 {fp(info.name, role, data_dir)}"
+                line += f"  sha256 {load.dataset_fingerprint(info.name, role, data_dir)}"
         lines.append(line)
     return lines
 

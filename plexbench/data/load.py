@@ -348,11 +348,25 @@ def dataset_fingerprint(name: str, split: str, data_dir=None) -> str:
     sha256 of their texts and classes).
     """
     info, folder = locate(name, data_dir)
+    rng = split_range(name, split, data_dir)
+    # Kept per process under the identity of the files: a run asks once per (dataset, split) but
+    # inference asks again per model, and hashing a text split reads it through TensorFlow (~1 s).
+    shards = _shard_files(folder, rng.base, with_content=False)
+    key = (info.name, str(folder), rng.tfds_spec(), (folder / "features.json").stat().st_mtime_ns,
+           tuple((row[0], row[1], (folder / row[0]).stat().st_mtime_ns) for row in shards))
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = _fingerprint(info, folder, rng, name, split, data_dir)
+    return _FINGERPRINTS[key]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _fingerprint(info: DatasetInfo, folder: Path, rng: "SplitRange", name: str, split: str, data_dir) -> str:
     if info.is_text:
         from plexbench.data.text import text_fingerprint
 
         return text_fingerprint(name, split, data_dir)
-    rng = split_range(name, split, data_dir)
     record = {
         "dataset": info.name,
         "tfds": _builder_at(str(folder)).info.full_name,
