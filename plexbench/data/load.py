@@ -349,11 +349,11 @@ def dataset_fingerprint(name: str, split: str, data_dir=None) -> str:
     """
     info, folder = locate(name, data_dir)
     rng = split_range(name, split, data_dir)
-    # Kept per process under the identity of the files: a run asks once per (dataset, split) but
-    # inference asks again per model, and hashing a text split reads it through TensorFlow (~1 s).
-    shards = _shard_files(folder, rng.base, with_content=False)
-    key = (info.name, str(folder), rng.tfds_spec(), (folder / "features.json").stat().st_mtime_ns,
-           tuple((row[0], row[1], (folder / row[0]).stat().st_mtime_ns) for row in shards))
+    # Kept per process under the identity of the files (the decoded-array cache's key: shard names,
+    # sizes and mtimes): a run asks once per (dataset, split) but inference asks again per model,
+    # and hashing a text split reads it through TensorFlow (~1 s).
+    key = (str(folder), (folder / "features.json").stat().st_mtime_ns,
+           _array_cache_key(info, folder, rng, with_content=False))
     if key not in _FINGERPRINTS:
         _FINGERPRINTS[key] = _fingerprint(info, folder, rng, name, split, data_dir)
     return _FINGERPRINTS[key]

@@ -63,22 +63,14 @@ def auc_from_groups(positives: np.ndarray, negatives: np.ndarray) -> float:
     half of its own group's; exact in int64 and equal to the rank-sum form of `mann_whitney_auc`
     (2U = twice the positives' rank sum - P (P + 1)). NaN when P or Q is 0.
     """
-    num_pos, num_neg = int(positives.sum()), int(negatives.sum())
-    if num_pos == 0 or num_neg == 0:
-        return float("nan")
-    weight = np.cumsum(negatives)  # 2 Q_<g + Q_g = 2 (Q_<=g - Q_g) + Q_g, in place
-    weight -= negatives
-    weight *= 2
-    weight += negatives
-    two_u = int(np.dot(positives, weight))
-    return two_u / (2.0 * num_pos * num_neg)
+    return float(auc_from_group_rows(positives[None], negatives[None])[0])
 
 
 def auc_from_group_rows(positives: np.ndarray, negatives: np.ndarray, pure: bool = False) -> np.ndarray:
     """`auc_from_groups` of each row of int64 (B, G) counts -> float64 (B,) (NaN where P or Q is 0).
     `pure=True`: the caller knows that no group holds both positives and negatives."""
     num_pos, num_neg = positives.sum(axis=1), negatives.sum(axis=1)
-    # 2U = sum_g P_g (2 Q_<=g - Q_g) = 2 P.cumsum(Q) - P.Q (the last term is 0 unless a group
+    # 2U = sum_g P_g (2 Q_<g + Q_g) = 2 P.cumsum(Q) - P.Q (the last term is 0 unless a group
     # holds both), exact in int64
     two_u = 2 * np.einsum("bg,bg->b", positives, np.cumsum(negatives, axis=1))
     if not pure:

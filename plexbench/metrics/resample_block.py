@@ -11,8 +11,8 @@ resamples at once:
   groups numbered by DESCENDING confidence (plexbench.metrics.stats.Resampling);
 - the draws falling in mixed groups in each resample's sorted order (only when such groups exist).
 
-Means of per-example values are count-weighted sums (`mean_of`: one matrix-vector product per
-block, on the values kept in that order); the ranking metrics (calib_auc, AURC, oracle-collaborative accuracy) and the binned ones
+Means of per-example values are count-weighted sums (`mean_of`, on the values kept in that
+order); the ranking metrics (calib_auc, AURC, oracle-collaborative accuracy) and the binned ones
 (ECE, RMS-CE) read the (B, G) group arrays. A resample then costs one bincount of its N draws and
 O(G) (G <= N) vectorised over the block, instead of gathering each statistic at the N draws and
 rebuilding the sorted sequence (plexbench.metrics.stats.ResampledOrder, the per-resample path that
@@ -144,7 +144,8 @@ class ResampleBlock:
         plan = self.plan
         numbers, groups = plan.mixed_numbers_ex, plan.mixed_groups
         out = []
-        for row, counts, starts in zip(self.draws, self.group_counts[:, groups], self.group_positions[:, groups]):
+        for row, counts, starts in zip(self.draws, np.take(self.group_counts, groups, axis=1),
+                                       np.take(self.group_positions, groups, axis=1)):
             examples = row[plan.mixed_ex[row]]
             # a stable sort by mixed-group number keeps draw order inside a group (numpy sorts
             # 16-bit keys stably by radix sort: O(draws))

@@ -208,5 +208,4 @@ def _aurc_on_resamples(block: ResampleBlock) -> np.ndarray:
 
 @on_resamples(eaurc)
 def _eaurc_on_resamples(block: ResampleBlock) -> np.ndarray:
-    optimal = {e: optimal_aurc(block.n, e) for e in np.unique(block.total_wrong).tolist()}
-    return _aurc_values(block) - np.array([optimal[e] for e in block.total_wrong.tolist()])
+    return _aurc_values(block) - np.array([optimal_aurc(block.n, e) for e in block.total_wrong.tolist()])
